@@ -1,0 +1,31 @@
+"""What the dual encoder hands to objectives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+#: Output names an objective may declare in ``Objective.requires``.
+GLOBAL_OUTPUTS = frozenset({"image_emb", "text_emb"})
+DENSE_OUTPUTS = frozenset({"image_features", "feature_map", "multiscale", "token_states"})
+ALL_OUTPUTS = GLOBAL_OUTPUTS | DENSE_OUTPUTS
+
+
+@dataclass
+class ModelOutputs:
+    """Embeddings and, on request, intermediate features of one forward pass.
+
+    ``image_emb`` / ``text_emb`` are L2-normalised projections (B, D); ``scale`` is the clamped,
+    exponentiated logit scale s. The dense entries are filled only when an objective asks for them,
+    so CLIP-style recipes pay nothing for G2D-style features.
+    """
+
+    image_emb: Tensor
+    text_emb: Tensor | None
+    scale: Tensor
+    image_features: Tensor | None = None  # pooled backbone features before projection (B, C)
+    feature_map: Tensor | None = None  # final backbone feature map (B, C, h, w)
+    multiscale: list[Tensor] | None = None  # backbone features from high to low resolution
+    token_states: Tensor | None = None  # last hidden states of the text tower (B, T, H)
+    extra: dict[str, Tensor] = field(default_factory=dict)

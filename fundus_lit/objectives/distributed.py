@@ -1,0 +1,75 @@
+"""Gathering across ranks for contrastive objectives.
+
+The rule of the spec: every rank sees the embeddings of all ranks, and gradients flow back to the
+rank that produced each slice, so R ranks with B samples each compute, in value and in gradient,
+the loss of one process on the R*B batch. Ranks may hold different batch sizes (a last, short
+validation batch); slices are padded for the collective and trimmed again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size), (0, 1) when not running distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sizes(n: int, device: torch.device) -> list[int]:
+    _, size = world()
+    local = torch.tensor([n], device=device, dtype=torch.long)
+    out = [torch.zeros_like(local) for _ in range(size)]
+    dist.all_gather(out, local)
+    return [int(s.item()) for s in out]
+
+
+def _all_gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sizes: list[int], rank: int) -> Tensor:  # type: ignore[override]
+        ctx.sizes, ctx.rank = sizes, rank
+        return _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
+    """Concatenate ``x`` from all ranks in rank order, differentiable.
+
+    Returns the gathered tensor and the offset of this rank's rows in it (0 when not distributed).
+    """
+    rank, size = world()
+    if size == 1:
+        return x, 0
+    sizes = _sizes(x.shape[0], x.device)
+    return _GatherWithGrad.apply(x, sizes, rank), sum(sizes[:rank])
+
+
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (labels, category ids, momentum keys) from all ranks, without gradient."""
+    _, size = world()
+    if size == 1:
+        return x
+    with torch.no_grad():
+        return _all_gather_padded(x.detach(), _sizes(x.shape[0], x.device))

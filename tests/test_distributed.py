@@ -1,0 +1,112 @@
+"""Distributed rule of the spec: 2 gloo processes on CPU equal one process on the whole batch,
+in loss and in gradients (DDP averages the per-rank gradients, as in training)."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from fundus_lit.models.outputs import ModelOutputs
+from fundus_lit.objectives.clip import CLIPObjective
+from fundus_lit.objectives.distributed import gather_no_grad, gather_with_grad
+
+B, DIM_I, DIM_T, D = 12, 6, 5, 4
+
+
+class Toy(nn.Module):
+    """Two linear towers and a logit scale: enough to check the objective's gathering."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.img = nn.Linear(DIM_I, D)
+        self.txt = nn.Linear(DIM_T, D)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x, t):
+        return ModelOutputs(
+            image_emb=F.normalize(self.img(x), dim=-1),
+            text_emb=F.normalize(self.txt(t), dim=-1),
+            scale=self.logit_scale.exp(),
+        )
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(B, DIM_I, generator=g), torch.randn(B, DIM_T, generator=g)
+
+
+def loss_of(model, x, t):
+    return CLIPObjective()(model(x, t), batch=None).losses["loss"]
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, t = data()
+        share = B // world
+        rows = slice(rank * share, (rank + 1) * share)
+        model = nn.parallel.DistributedDataParallel(Toy())
+        model.zero_grad()
+        outputs = model(x[rows], t[rows])
+        loss = CLIPObjective()(outputs, batch=None).losses["loss"]
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        grads = {n: p.grad.clone() for n, p in model.module.named_parameters()}
+        # Uneven shares (a short last batch): values gathered in rank order, grads to the owner.
+        sizes = [3, 5]
+        mine = torch.arange(sizes[rank], dtype=torch.float64) + 10 * rank
+        mine.requires_grad_(True)
+        gathered, offset = gather_with_grad(mine)
+        (gathered * torch.arange(1.0, 9.0, dtype=torch.float64)).sum().backward()
+        labels = gather_no_grad(torch.full((sizes[rank], 2), rank))
+        torch.save(
+            {
+                "loss": mean_loss / world,
+                "grads": grads,
+                "gathered": gathered.detach(),
+                "offset": offset,
+                "uneven_grad": mine.grad,
+                "labels": labels,
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    model = Toy()
+    x, t = data()
+    loss = loss_of(model, x, t)
+    loss.backward()
+
+    for res in ranks:
+        torch.testing.assert_close(res["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(res["grads"][name], p.grad, rtol=1e-5, atol=1e-6)
+
+    expected = torch.cat([torch.arange(3.0), torch.arange(5.0) + 10]).double()
+    weights = torch.arange(1.0, 9.0, dtype=torch.float64)
+    for rank, res in enumerate(ranks):
+        torch.testing.assert_close(res["gathered"], expected)
+        assert res["offset"] == (0, 3)[rank]
+        # both ranks backpropagate the same sum, so each slice gets 2x its weights
+        own = weights[:3] if rank == 0 else weights[3:]
+        torch.testing.assert_close(res["uneven_grad"], 2 * own)
+        assert res["labels"][:, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
