@@ -1,0 +1,22 @@
+"""Data layer: records, sources, text builders, transforms, samplers and the DataModule."""
+
+from fundus_lit.data.batch import Batch
+from fundus_lit.data.datamodule import FundusDataModule
+from fundus_lit.data.errors import DataError
+from fundus_lit.data.records import FundusRecord
+from fundus_lit.data.sources import FlairCSVSource, Source, SyntheticSource
+from fundus_lit.data.text import TemplateTextBuilder, TextBuilder
+from fundus_lit.data.transforms import AugmentConfig
+
+__all__ = [
+    "AugmentConfig",
+    "Batch",
+    "DataError",
+    "FlairCSVSource",
+    "FundusDataModule",
+    "FundusRecord",
+    "Source",
+    "SyntheticSource",
+    "TemplateTextBuilder",
+    "TextBuilder",
+]

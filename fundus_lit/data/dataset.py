@@ -1,0 +1,101 @@
+"""Map-style dataset over records from several sources, and the collate function that tokenises."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from fundus_lit.data.batch import Batch
+from fundus_lit.data.records import FundusRecord
+from fundus_lit.data.sources import Source
+from fundus_lit.data.text import TextBuilder
+from fundus_lit.data.transforms import ImagePipeline
+
+
+@dataclass
+class Sample:
+    image: Tensor
+    text: str
+    category: str
+    dataset: str
+    index: int
+    labels: tuple[float, ...] | None
+
+
+class RecordDataset(Dataset):
+    """Records with the source that can open each one's image.
+
+    Keys are an index or ``(index, epoch)`` from :class:`~fundus_lit.data.samplers.EpochSampler`;
+    the text draw is seeded by ``(seed, epoch, index)``.
+    """
+
+    def __init__(
+        self,
+        items: list[tuple[Source, FundusRecord]],
+        text: TextBuilder,
+        images: ImagePipeline,
+        seed: int = 0,
+    ) -> None:
+        self.items, self.text, self.images, self.seed = items, text, images, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def records(self) -> list[FundusRecord]:
+        return [record for _, record in self.items]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        source, record = self.items[index]
+        text, category = self.text.build(record, random.Random(f"{self.seed}/{epoch}/{index}"))
+        return Sample(
+            image=self.images(source.open_image(record)),
+            text=text,
+            category=category,
+            dataset=record.dataset,
+            index=index,
+            labels=record.labels,
+        )
+
+
+class Collator:
+    """Stacks images and tokenises texts in the loader workers, never in the training step."""
+
+    def __init__(self, tokenizer: str, max_length: int) -> None:
+        self.tokenizer_name, self.max_length = tokenizer, max_length
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from fundus_lit.models.text import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_tokenizer": None}
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        texts = [s.text for s in samples]
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        labels = None
+        if all(s.labels is not None for s in samples):
+            labels = torch.tensor([s.labels for s in samples], dtype=torch.float32)
+        return Batch(
+            images=torch.stack([s.image for s in samples]),
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            texts=texts,
+            categories=[s.category for s in samples],
+            datasets=[s.dataset for s in samples],
+            indices=torch.tensor([s.index for s in samples]),
+            labels=labels,
+        )

@@ -1,0 +1,162 @@
+"""Readers: one per on-disk format, each turning its rows into :class:`FundusRecord`.
+
+Sources are cheap to construct (the CLI builds them just to print a config); reading and
+validation happen in :meth:`Source.load`, called by the DataModule before training starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+from pathlib import Path
+
+from PIL import Image
+
+from fundus_lit.data.errors import DataError
+from fundus_lit.data.records import FundusRecord
+
+
+class Source:
+    """Base class of all data sources."""
+
+    def load(self) -> list[FundusRecord]:
+        """Read and validate every record; raise :class:`DataError` naming the culprit."""
+        raise NotImplementedError
+
+    def check(self, records: list[FundusRecord]) -> None:
+        """Verify that every image exists; called once, before training."""
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        raise NotImplementedError
+
+
+def parse_list_cell(cell: str, where: str) -> tuple[str, ...]:
+    """Parse a Python-literal list of strings; ``literal_eval`` never executes code."""
+    text = (cell or "").strip()
+    if not text:
+        return ()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise DataError(f"{where}: cannot parse {cell!r} as a Python list literal ({err})") from err
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: expected a list of strings, got {cell!r}")
+    return tuple(v.strip() for v in value)
+
+
+class FlairCSVSource(Source):
+    """The FLAIR/KeepFIT CSV layout: ``,image,atributes,categories`` (pandas index column, the
+    ``atributes`` spelling of the real files; ``attributes`` is accepted too).
+
+    Args:
+        csv: Path of the CSV file.
+        root: Data root the ``image`` paths are relative to; defaults to the CSV's folder. The
+            first component of each image path is the dataset name.
+    """
+
+    def __init__(self, csv: str, root: str | None = None) -> None:
+        self.csv = Path(csv).expanduser()
+        self.root = Path(root).expanduser() if root else self.csv.parent
+
+    def __repr__(self) -> str:
+        return f"FlairCSVSource(csv={str(self.csv)!r}, root={str(self.root)!r})"
+
+    def load(self) -> list[FundusRecord]:
+        if not self.csv.is_file():
+            raise DataError(f"CSV file {self.csv} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+        with self.csv.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            attr_col = "attributes" if "attributes" in columns else "atributes"
+            missing = {"image", attr_col, "categories"} - columns
+            if missing:
+                raise DataError(
+                    f"{self.csv}: missing column(s) {sorted(missing)}; found {sorted(columns)}"
+                )
+            return [self._record(row, reader.line_num, attr_col) for row in reader]
+
+    def _record(self, row: dict[str, str], line: int, attr_col: str) -> FundusRecord:
+        where = f"{self.csv}, line {line}"
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise DataError(f"{where}, column 'image': empty image path")
+        return FundusRecord(
+            image=image,
+            dataset=Path(image).parts[0],
+            attributes=parse_list_cell(row[attr_col], f"{where}, column '{attr_col}'"),
+            categories=parse_list_cell(row["categories"], f"{where}, column 'categories'"),
+            origin=where,
+        )
+
+    def check(self, records: list[FundusRecord]) -> None:
+        missing = [r for r in records if not (self.root / r.image).is_file()]
+        if missing:
+            shown = "\n".join(f"  {self.root / r.image} ({r.origin})" for r in missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(
+                f"{len(missing)} of {len(records)} images listed in {self.csv} are missing:\n"
+                f"{shown}{more}"
+            )
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        path = self.root / record.image
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, SyntaxError) as err:
+            raise DataError(f"cannot read image {path} ({record.origin}): {err}") from err
+
+
+class SyntheticSource(Source):
+    """Procedurally drawn fundus photographs, in memory: the default data of demos and tests.
+
+    Args:
+        n: Number of images.
+        size: Side of the square images in pixels.
+        seed: Generator seed; the same seed gives the same dataset on every machine.
+        sites: Number of camera styles, each a separate dataset name.
+        offset: Index of the first image, so train/val/test can be disjoint draws of one seed.
+    """
+
+    def __init__(
+        self, n: int = 512, size: int = 256, seed: int = 0, sites: int = 2, offset: int = 0
+    ) -> None:
+        self.n, self.size, self.seed, self.sites, self.offset = n, size, seed, sites, offset
+        self._synth = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SyntheticSource(n={self.n}, size={self.size}, seed={self.seed}, sites={self.sites})"
+        )
+
+    @property
+    def synth(self):
+        if self._synth is None:  # built lazily: cheap to pickle into workers
+            from fundus_lit.data.synthetic import FundusSynth
+
+            self._synth = FundusSynth(seed=self.seed, size=self.size, sites=self.sites)
+        return self._synth
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_synth": None}
+
+    def load(self) -> list[FundusRecord]:
+        if self.n <= 0:
+            raise DataError(f"SyntheticSource needs n > 0, got n={self.n}")
+        synth = self.synth
+        return [
+            FundusRecord(
+                image=f"synthetic:{i}",
+                dataset=synth.site_of(i),
+                categories=tuple(synth.categories_of(i)),
+                attributes=tuple(synth.attributes_of(i)),
+                origin=f"synthetic seed={self.seed} index={i}",
+            )
+            for i in range(self.offset, self.offset + self.n)
+        ]
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        index = int(record.image.split(":", 1)[1])
+        return Image.fromarray(self.synth.sample(index).image)
