@@ -63,7 +63,7 @@ def warmup_steps(warmup: float, total: int) -> int:
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr: linear from ~0 to 1 over ``warmup`` steps, cosine to ``min_ratio``."""
+    """Multiplier of the peak lr: linear up over ``warmup`` steps, then cosine to ``min_ratio``."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -25,7 +25,7 @@ class ModelNotFoundError(ValueError):
 
 
 def resolve_reference(ref: str) -> str:
-    """Return a local path for ``pkg:`` and existing paths, else the reference unchanged (hub id)."""
+    """A local path for ``pkg:`` references and existing paths; a hub id is returned unchanged."""
     if ref.startswith(PKG_PREFIX):
         package, _, sub = ref[len(PKG_PREFIX) :].partition("/")
         spec = importlib.util.find_spec(package)

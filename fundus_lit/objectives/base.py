@@ -31,8 +31,8 @@ class ObjectiveOutput:
 class Objective(nn.Module):
     """Base class of all training objectives.
 
-    Subclasses set ``requires`` (names from :data:`fundus_lit.models.outputs.ALL_OUTPUTS`), implement
-    :meth:`forward`, and may override :meth:`attach` and :meth:`after_optimizer_step`.
+    Subclasses set ``requires`` (names from :data:`fundus_lit.models.outputs.ALL_OUTPUTS`),
+    implement :meth:`forward`, and may override :meth:`attach` and :meth:`after_optimizer_step`.
 
     Args:
         weight: Multiplier of this objective's loss in the recipe's weighted sum.

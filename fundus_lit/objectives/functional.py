@@ -1,4 +1,4 @@
-"""Pure loss functions: the public, tested surface of every objective (specs/objectives.md, section 7).
+"""Pure loss functions: the public, tested surface of every objective (spec section 7).
 
 No module state and no distributed logic here: objective modules gather across ranks and then call
 these, so the math can be checked against the spec's reference numbers in isolation.

@@ -1,0 +1,7 @@
+"""fundus-lit: retinal fundus vision-language pretraining where a method is a configuration."""
+
+from fundus_lit.data.datamodule import FundusDataModule
+from fundus_lit.module import PretrainModule
+
+__version__ = "0.1.0"
+__all__ = ["FundusDataModule", "PretrainModule", "__version__"]

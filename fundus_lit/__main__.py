@@ -1,0 +1,3 @@
+from fundus_lit.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""The ``fundus-lit`` command: LightningCLI verbs plus project subcommands.
+
+Trainer verbs (fit, validate, test, predict) go to :class:`FundusLitCLI`; project verbs (``synth``,
+and later evaluation/indexing tools) are plain functions registered in :data:`EXTRA_COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from fundus_lit.data.datamodule import FundusDataModule
+from fundus_lit.data.errors import DataError
+from fundus_lit.models.resolve import ModelNotFoundError
+from fundus_lit.module import PretrainModule
+
+
+class FundusLitCLI(LightningCLI):
+    """LightningCLI with the links that keep values stated once.
+
+    ``data.image_size`` and ``data.batch_size`` feed the model; the text tower's name and length
+    feed the tokenizer of the data module. Every ``fit`` also gets a checkpoint callback (keys under
+    ``checkpoint.``) keeping the last and the best checkpoint by validation loss.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+        parser.link_arguments("data.init_args.batch_size", "model.init_args.batch_size")
+        parser.link_arguments("model.init_args.text.name", "data.init_args.tokenizer")
+        parser.link_arguments("model.init_args.text.max_length", "data.init_args.max_length")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}",
+            }
+        )
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> FundusLitCLI:
+    """Run (or, with ``run=False``, only build) the trainer CLI; tests call this in-process."""
+    return FundusLitCLI(
+        PretrainModule,
+        FundusDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def synth(
+    out: str,
+    n: int = 1000,
+    size: int = 512,
+    seed: int = 0,
+    sites: int = 2,
+    image_format: str = "png",
+) -> None:
+    """Write a synthetic fundus dataset in the FLAIR CSV layout (one CSV per site) under ``out``.
+
+    Args:
+        out: Output folder (the data root).
+        n: Number of images.
+        size: Image side in pixels.
+        seed: Generator seed; the same seed writes the same dataset.
+        sites: Number of camera styles, each written as its own dataset.
+        image_format: ``png`` or ``jpg``.
+    """
+    from fundus_lit.data.synthetic import write_flair_dataset
+
+    csvs = write_flair_dataset(
+        out, n=n, size=size, seed=seed, sites=sites, image_format=image_format
+    )
+    for path in csvs:
+        print(path)
+
+
+EXTRA_COMMANDS: dict[str, Callable[..., object]] = {"synth": synth}
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _run_extra(name: str, args: list[str]) -> None:
+    func = EXTRA_COMMANDS[name]
+    parser = ArgumentParser(prog=f"fundus-lit {name}", description=func.__doc__)
+    parser.add_function_arguments(func, as_group=False)
+    cfg = parser.parse_args(args)
+    func(**cfg.as_dict())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in {"-h", "--help"}:
+        print("usage: fundus-lit {" + ",".join((*TRAINER_COMMANDS, *EXTRA_COMMANDS)) + "} ...")
+        print("  trainer verbs: fundus-lit fit --config recipes/clip.yaml [--config ...]")
+        print("  project verbs: " + ", ".join(EXTRA_COMMANDS) + " (fundus-lit VERB --help)")
+        sys.exit(0 if argv else 2)
+    try:
+        if argv[0] in EXTRA_COMMANDS:
+            _run_extra(argv[0], argv[1:])
+        else:
+            cli_main(argv)
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"fundus-lit: error: {cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _user_error(err: BaseException | None) -> BaseException | None:
+    """The bad-input error behind ``err``; jsonargparse wraps errors raised while instantiating."""
+    while err is not None:
+        if isinstance(err, (DataError, ModelNotFoundError)):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""PretrainModule: one LightningModule for every method; a method is its list of objectives."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from fundus_lit.data.batch import Batch
+from fundus_lit.models.dual_encoder import DualEncoder, Projection
+from fundus_lit.models.outputs import ModelOutputs
+from fundus_lit.models.text import TextConfig
+from fundus_lit.models.vision import VisionConfig
+from fundus_lit.objectives.base import Objective
+from fundus_lit.objectives.clip import CLIPObjective
+from fundus_lit.objectives.distributed import world
+from fundus_lit.optim import OptimConfig, param_groups, warmup_cosine, warmup_steps
+
+
+def _as(cls: type, value: Any) -> Any:
+    """Accept a config dataclass or its dict (as stored in checkpoint hyper-parameters)."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+class PretrainModule(L.LightningModule):
+    """Dual encoder trained with a weighted sum of objectives.
+
+    Args:
+        vision: Image tower (any timm model).
+        text: Text tower (any transformers encoder, hub id or local path).
+        objectives: The recipe: objectives with their weights; CLIP alone when omitted.
+        embed_dim: Shared embedding dimension D.
+        image_size: Input resolution; linked from ``data.image_size`` by the CLI.
+        batch_size: Per-device batch size; linked from ``data.batch_size`` by the CLI (objectives
+            with queues size them from it).
+        projection: ``linear`` or ``mlp`` projection heads.
+        temperature: Initial temperature of the learnable logit scale.
+        optim: AdamW and warm-up + cosine schedule settings.
+    """
+
+    def __init__(
+        self,
+        vision: VisionConfig = VisionConfig(),  # noqa: B008 (links need a non-optional group)
+        text: TextConfig = TextConfig(),  # noqa: B008
+        objectives: list[Objective] | None = None,
+        embed_dim: int = 512,
+        image_size: int = 224,
+        batch_size: int = 32,
+        projection: Projection = "linear",
+        temperature: float = 0.07,
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
+    ) -> None:
+        super().__init__()
+        vision, text = _as(VisionConfig, vision), _as(TextConfig, text)
+        self.optim = _as(OptimConfig, optim)
+        # Plain dicts keep checkpoints loadable with weights_only=True.
+        self.save_hyperparameters(
+            {"vision": asdict(vision), "text": asdict(text), "optim": asdict(self.optim)}
+            | {"embed_dim": embed_dim, "image_size": image_size, "batch_size": batch_size}
+            | {"projection": projection, "temperature": temperature}
+        )
+        self.encoder = DualEncoder(vision, text, embed_dim, image_size, projection, temperature)
+        objectives = list(objectives) if objectives else [CLIPObjective()]
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, got {names}; set `name:` on each")
+        self.objectives = nn.ModuleList(objectives)
+        for obj in objectives:
+            obj.attach(self.encoder, batch_size)
+        self.requires = frozenset().union(*(o.requires for o in objectives))
+        self._step_started: float | None = None
+
+    def forward(self, batch: Batch) -> ModelOutputs:
+        return self.encoder(batch.images, batch.input_ids, batch.attention_mask, self.requires)
+
+    def _step(self, batch: Batch, stage: str) -> Tensor:
+        outputs = self(batch)
+        total = outputs.image_emb.new_zeros(())
+        sync = stage != "train"
+        for obj in self.objectives:
+            result = obj(outputs, batch)
+            loss = sum(result.losses.values())
+            total = total + obj.weight * loss
+            self.log(f"{stage}/{obj.name}", loss, sync_dist=sync, batch_size=len(batch))
+            terms = result.losses if len(result.losses) > 1 else {}
+            for key, value in (terms | result.scalars).items():
+                self.log(f"{stage}/{obj.name}/{key}", value, sync_dist=sync, batch_size=len(batch))
+            if stage == "train":
+                self._log_images(obj.name, result.images)
+        self.log(f"{stage}/loss", total, prog_bar=True, sync_dist=sync, batch_size=len(batch))
+        return total
+
+    def _log_images(self, prefix: str, images: dict[str, Tensor]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if not images or not hasattr(experiment, "add_images"):
+            return
+        for key, value in images.items():
+            experiment.add_images(f"{prefix}/{key}", value, self.global_step)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._step_started is not None:
+            rate = len(batch) * world()[1] / max(now - self._step_started, 1e-9)
+            self.log("train/samples_per_s", rate, batch_size=len(batch))
+        self._step_started = now
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        self.log("train/logit_scale", self.encoder.scale().detach(), batch_size=len(batch))
+        group = self.trainer.optimizers[0].param_groups[0]
+        self.log("train/lr", group["lr"] / group["lr_mult"], batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """Embeddings with the metadata needed to evaluate or index them."""
+        out = self(batch)
+        return {
+            "image_emb": out.image_emb,
+            "text_emb": out.text_emb,
+            "indices": batch.indices,
+            "datasets": batch.datasets,
+            "categories": batch.categories,
+        }
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        for obj in self.objectives:
+            obj.after_optimizer_step(self.encoder)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim
+        optimizer = torch.optim.AdamW(
+            param_groups(self.named_parameters(), cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = warmup_steps(cfg.warmup, total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warm, total, cfg.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

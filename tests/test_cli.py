@@ -1,0 +1,127 @@
+"""The CLI in-process: synth -> fit on the written CSVs -> validate/predict from the checkpoint,
+links between values stated once, and bad input reported before training with exit status 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fundus_lit.cli import cli_main, main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "recipes" / "clip.yaml")
+TINY = str(ROOT / "recipes" / "overlays" / "tiny.yaml")
+
+
+def csv_sources(paths):
+    return json.dumps(
+        [
+            {"class_path": "fundus_lit.data.FlairCSVSource", "init_args": {"csv": str(p)}}
+            for p in paths
+        ]
+    )
+
+
+def base_args(tmp_path):
+    return [
+        "--config",
+        RECIPE,
+        "--config",
+        TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.image_size=64",
+        "--model.init_args.vision.name=test_resnet",
+    ]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    main(["synth", "--out", str(out), "--n", "16", "--size", "72", "--sites", "2", "--seed", "5"])
+    return out
+
+
+def test_synth_then_fit_then_validate_and_predict(synth_root, tmp_path, capsys):
+    csvs = sorted(synth_root.glob("*.csv"))
+    assert len(csvs) == 2
+    args = base_args(tmp_path) + [
+        f"--data.init_args.train={csv_sources(csvs)}",
+        "--data.init_args.val=null",
+        "--data.init_args.val_fraction=0.25",
+        "--trainer.max_epochs=1",
+    ]
+    fit = cli_main(["fit", *args])
+    log_dir = Path(fit.trainer.log_dir)
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["data"]["init_args"]["train"][0]["init_args"]["csv"] == str(csvs[0])
+    assert saved["model"]["init_args"]["vision"]["name"] == "test_resnet"
+    ckpt = Path(fit.trainer.checkpoint_callback.last_model_path)
+    assert ckpt.name == "last.ckpt" and ckpt.is_file()
+    assert Path(fit.trainer.checkpoint_callback.best_model_path).is_file()
+    state = torch.load(ckpt, weights_only=True)  # plain hyper-parameters: safe to load
+    assert state["hyper_parameters"]["image_size"] == 64
+    assert any(f.name.startswith("events.out.tfevents") for f in log_dir.iterdir())
+
+    val = cli_main(["validate", *args, f"--ckpt_path={ckpt}"])
+    assert "val/loss" in val.trainer.callback_metrics
+    pred = cli_main(["predict", *args, f"--ckpt_path={ckpt}"])
+    rows = pred.trainer.predict_loop.predictions
+    assert sum(r["image_emb"].shape[0] for r in rows) == 4  # the held-out quarter of 16
+
+
+def test_values_stated_once_are_linked(tmp_path):
+    cli = cli_main(  # run=False: no subcommand
+        [
+            *base_args(tmp_path),
+            "--data.init_args.image_size=96",
+            "--model.init_args.text.max_length=20",
+        ],
+        run=False,
+    )
+    assert cli.model.hparams.image_size == 96 and cli.model.hparams.batch_size == 4
+    assert cli.datamodule.collate.tokenizer_name == cli.model.hparams.text["name"]
+    assert cli.datamodule.collate.max_length == 20
+
+
+def test_missing_data_root_is_reported_before_training(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "train.csv"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *base_args(tmp_path), f"--data.init_args.train={csv_sources([missing])}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+
+
+def test_missing_image_is_reported_before_training(synth_root, tmp_path, capsys):
+    csv = sorted(synth_root.glob("*.csv"))[0]
+    broken = tmp_path / "broken.csv"
+    broken.write_text(csv.read_text().replace("/images/", "/gone/", 1))
+    source = {"class_path": "fundus_lit.data.FlairCSVSource"}
+    source["init_args"] = {"csv": str(broken), "root": str(synth_root)}
+    args = [f"--data.init_args.train={json.dumps([source])}"]
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *base_args(tmp_path), *args])
+    assert stop.value.code == 2
+    assert "/gone/" in capsys.readouterr().err
+
+
+def test_unknown_model_names_exit_cleanly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *base_args(tmp_path), "--model.init_args.vision.name=resnet5000"])
+    assert stop.value.code == 2 and "unknown timm model 'resnet5000'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *base_args(tmp_path), "--model.init_args.text.name=someone/no-such-bert"])
+    assert stop.value.code == 2 and "pass a local path" in capsys.readouterr().err
+
+
+def test_top_level_help_lists_verbs(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "fit" in out and "synth" in out
