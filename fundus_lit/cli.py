@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import lightning as L
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -43,6 +44,13 @@ class FundusLitCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch}-{step}",
             }
         )
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # `trainer.enable_checkpointing: false` must switch the built-in checkpoint off too,
+        # instead of clashing with it.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> FundusLitCLI:

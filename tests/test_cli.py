@@ -125,3 +125,8 @@ def test_top_level_help_lists_verbs(capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "fit" in out and "synth" in out
+
+
+def test_checkpointing_can_be_switched_off(tmp_path):
+    cli = cli_main([*base_args(tmp_path), "--trainer.enable_checkpointing=false"], run=False)
+    assert cli.trainer.checkpoint_callback is None

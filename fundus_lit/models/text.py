@@ -16,6 +16,7 @@ from fundus_lit.models.resolve import (
     hub_offline,
     resolve_reference,
 )
+from fundus_lit.models.tower import Tower
 
 Pooling = Literal["cls", "mean", "flair"]
 
@@ -94,7 +95,7 @@ def pool(
     return torch.stack([all_hidden[1], all_hidden[2], all_hidden[-1]]).mean(0).mean(1)
 
 
-class TextTower(nn.Module):
+class TextTower(Tower):
     """Encodes tokenised text into pooled vectors (B, H)."""
 
     def __init__(self, cfg: TextConfig) -> None:
@@ -103,15 +104,7 @@ class TextTower(nn.Module):
         self.model = load_text_model(cfg)
         self.num_features: int = self.model.config.hidden_size
         self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
-        if cfg.freeze:
-            self.model.requires_grad_(False)
-        # from_pretrained returns eval mode and Lightning keeps module modes as they are: without
-        # this a trainable tower would train with dropout off.
-        self.train()
-
-    def train(self, mode: bool = True) -> TextTower:
-        super().train(mode and not self.cfg.freeze)
-        return self
+        self.set_frozen(cfg.freeze)
 
     def _encode(self, ids: Tensor, mask: Tensor, states: bool) -> tuple[Tensor, Tensor | None]:
         out = self.model(

@@ -14,6 +14,7 @@ from fundus_lit.models.resolve import (
     hub_offline,
     resolve_reference,
 )
+from fundus_lit.models.tower import Tower
 
 
 @dataclass
@@ -68,7 +69,7 @@ def create_timm_model(cfg: VisionConfig, image_size: int) -> nn.Module:
         ) from err
 
 
-class VisionTower(nn.Module):
+class VisionTower(Tower):
     """Wraps a timm backbone; takes uint8 or [0, 1] images and normalises them on the device.
 
     Normalising here (not in the data pipeline) keeps the data layer model-agnostic and lets the
@@ -83,13 +84,7 @@ class VisionTower(nn.Module):
         self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), False)
         self.num_features: int = self.model.num_features
-        if cfg.freeze:
-            self.model.requires_grad_(False)
-        self.train()
-
-    def train(self, mode: bool = True) -> VisionTower:
-        super().train(mode and not self.cfg.freeze)
-        return self
+        self.set_frozen(cfg.freeze)
 
     def normalize(self, images: Tensor) -> Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
