@@ -1,9 +1,12 @@
 """Distributed rule of the spec: 2 gloo processes on CPU equal one process on the whole batch,
-in loss and in gradients (DDP averages the per-rank gradients, as in training)."""
+in loss and in gradients (DDP averages the per-rank gradients, as in training), for CLIP and for
+FLAIR with its categories gathered across ranks."""
 
 import os
 import socket
+from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -13,8 +16,12 @@ from torch import nn
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.distributed import gather_no_grad, gather_with_grad
+from fundus_lit.objectives.flair import FLAIRObjective
 
 B, DIM_I, DIM_T, D = 12, 6, 5, 4
+# categories shared across the two ranks' halves, spelled differently, and the empty category
+CATEGORIES = ["a", "b", "A.", "c", "", "b", "a", "", "d", "c", "a-b", "a b"]
+OBJECTIVES = {"clip": CLIPObjective, "flair": FLAIRObjective}
 
 
 class Toy(nn.Module):
@@ -40,11 +47,12 @@ def data():
     return torch.randn(B, DIM_I, generator=g), torch.randn(B, DIM_T, generator=g)
 
 
-def loss_of(model, x, t):
-    return CLIPObjective()(model(x, t), batch=None).losses["loss"]
+def loss_of(objective, outputs, rows):
+    batch = SimpleNamespace(categories=CATEGORIES[rows])
+    return OBJECTIVES[objective]()(outputs, batch).losses["loss"]
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, port, out_dir, objective):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -53,8 +61,7 @@ def _worker(rank, world, port, out_dir):
         rows = slice(rank * share, (rank + 1) * share)
         model = nn.parallel.DistributedDataParallel(Toy())
         model.zero_grad()
-        outputs = model(x[rows], t[rows])
-        loss = CLIPObjective()(outputs, batch=None).losses["loss"]
+        loss = loss_of(objective, model(x[rows], t[rows]), rows)
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
@@ -87,13 +94,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_two_gloo_ranks_equal_one_process(tmp_path, objective):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), objective), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     model = Toy()
     x, t = data()
-    loss = loss_of(model, x, t)
+    loss = loss_of(objective, model(x, t), slice(None))
     loss.backward()
 
     for res in ranks:

@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from fundus_lit.objectives.functional import clip_loss, soft_cross_entropy
+from fundus_lit.knowledge.keys import category_key
+from fundus_lit.objectives.functional import (
+    category_ids,
+    clip_loss,
+    flair_loss,
+    soft_cross_entropy,
+)
 
 U = torch.tensor([(1, 0), (0.6, 0.8), (0.28, 0.96), (-0.8, 0.6)], dtype=torch.float64)
 V = torch.tensor([(0.96, 0.28), (0.8, 0.6), (0, 1), (-0.6, -0.8)], dtype=torch.float64)
@@ -39,3 +45,29 @@ def test_clip_local_rows_against_global_columns_average_to_global_loss():
 def test_clip_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="paired embeddings"):
         clip_loss(U, V[:3], S)
+
+
+def test_flair_reference_values():
+    cats = ["a", "b", "a", "c"]
+    assert flair_loss(U, V, S, cats).item() == pytest.approx(3.635968, abs=1e-6)
+    assert flair_loss(U, V, 100.0, cats).item() == pytest.approx(24.780000, abs=1e-6)
+
+
+def test_flair_zero_logits_give_log_b_and_distinct_categories_give_clip():
+    assert flair_loss(U, V, 0.0, ["a", "a", "b", ""]).item() == pytest.approx(math.log(4))
+    assert flair_loss(U, V, S, ["a", "b", "c", "d"]).item() == pytest.approx(
+        clip_loss(U, V, S).item(), abs=1e-12
+    )
+
+
+def test_flair_compares_normalised_category_keys():
+    spelled = ["Age-related macular degeneration.", "b", "age related  macular degeneration", "c"]
+    assert flair_loss(U, V, S, spelled).item() == pytest.approx(3.635968, abs=1e-6)
+    assert category_key("Age-related Macular Degeneration. ") == "age related macular degeneration"
+    ids = category_ids(["Glaucoma", "glaucoma", "", "drusen"])
+    assert ids[0] == ids[1] and len(set(ids.tolist())) == 3
+
+
+def test_flair_rejects_wrong_number_of_categories():
+    with pytest.raises(ValueError, match="3 categories for a batch of 4"):
+        flair_loss(U, V, S, ["a", "b", "c"])

@@ -2,5 +2,6 @@
 
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
 from fundus_lit.objectives.clip import CLIPObjective
+from fundus_lit.objectives.flair import FLAIRObjective
 
-__all__ = ["CLIPObjective", "Objective", "ObjectiveOutput"]
+__all__ = ["CLIPObjective", "FLAIRObjective", "Objective", "ObjectiveOutput"]
