@@ -100,6 +100,8 @@ def test_datamodule_split_batches_and_reproducible_text():
 def test_datamodule_rejects_bad_settings():
     with pytest.raises(DataError, match="at least one source"):
         make_dm(train=[])
+    with pytest.raises(DataError, match="fit needs data.train"):
+        make_dm(train=None, test=[SyntheticSource(n=4)]).setup("fit")
     dm = make_dm(batch_size=64)
     dm.setup("fit")
     with pytest.raises(DataError, match="fewer than one batch"):

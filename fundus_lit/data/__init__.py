@@ -5,7 +5,7 @@ from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import FlairCSVSource, Source, SyntheticSource
-from fundus_lit.data.text import TemplateTextBuilder, TextBuilder
+from fundus_lit.data.text import KnowledgePromptBuilder, TemplateTextBuilder, TextBuilder
 from fundus_lit.data.transforms import AugmentConfig
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "FlairCSVSource",
     "FundusDataModule",
     "FundusRecord",
+    "KnowledgePromptBuilder",
     "Source",
     "SyntheticSource",
     "TemplateTextBuilder",

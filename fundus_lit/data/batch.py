@@ -21,6 +21,8 @@ class Batch:
         datasets: source dataset name of each sample.
         indices: record index of each sample in its split.
         labels: (B, C) multi-hot label vectors when the source provides them.
+        record_categories: every category of each sample's record, as written (evaluation takes
+            the first as the class).
     """
 
     images: Tensor
@@ -31,6 +33,7 @@ class Batch:
     datasets: list[str]
     indices: Tensor
     labels: Tensor | None = None
+    record_categories: list[tuple[str, ...]] = field(default_factory=list)
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:

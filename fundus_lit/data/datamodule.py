@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import lightning as L
@@ -10,12 +11,13 @@ from torch.utils.data import DataLoader
 from fundus_lit.data.dataset import Collator, RecordDataset
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.samplers import EpochSampler, permutation
+from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler, permutation
 from fundus_lit.data.sources import Source
 from fundus_lit.data.text import TemplateTextBuilder, TextBuilder
 from fundus_lit.data.transforms import AugmentConfig, ImagePipeline
 
 Items = list[tuple[Source, FundusRecord]]
+logger = logging.getLogger(__name__)
 
 
 def _load(sources: list[Source], check_files: bool) -> Items:
@@ -32,7 +34,7 @@ class FundusDataModule(L.LightningDataModule):
     """Records from any mix of sources, with text built per sample and images transformed.
 
     Args:
-        train: Sources of the training split.
+        train: Sources of the training split (evaluation-only configs may omit it).
         val: Sources of the validation split; when omitted, ``val_fraction`` of the training
             records is held out by a deterministic split (``split_seed``).
         test: Sources of the test split (also used by ``predict``); defaults to the validation
@@ -50,11 +52,15 @@ class FundusDataModule(L.LightningDataModule):
         max_length: Tokens per text; the CLI links it to ``model.text.max_length``.
         check_files: Verify every image exists before training starts.
         seed: Seed of per-sample text draws and of the training shuffle.
+        balance_datasets: Sample training batches uniformly over source datasets (with
+            replacement inside each) instead of shuffling all records.
+        epoch_length: Training samples per epoch (all devices together) when balancing;
+            defaults to the number of training records.
     """
 
     def __init__(
         self,
-        train: list[Source],
+        train: list[Source] | None = None,
         val: list[Source] | None = None,
         test: list[Source] | None = None,
         val_fraction: float = 0.1,
@@ -70,18 +76,25 @@ class FundusDataModule(L.LightningDataModule):
         max_length: int = 77,
         check_files: bool = True,
         seed: int = 0,
+        balance_datasets: bool = False,
+        epoch_length: int | None = None,
     ) -> None:
         super().__init__()
-        if not train:
-            raise DataError("data.train needs at least one source")
+        if not (train or val or test):
+            raise DataError("data needs at least one source (train, val or test)")
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-        self.sources = {"train": list(train), "val": list(val or []), "test": list(test or [])}
+        self.sources = {
+            "train": list(train or []),
+            "val": list(val or []),
+            "test": list(test or []),
+        }
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.text = text or TemplateTextBuilder()
         self.image_size, self.crop_fov, self.augment = image_size, crop_fov, augment
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.check_files, self.seed = pin_memory, check_files, seed
+        self.balance_datasets, self.epoch_length = balance_datasets, epoch_length
         self.collate = Collator(tokenizer, max_length)
         self.splits: dict[str, Items] = {}
 
@@ -89,6 +102,8 @@ class FundusDataModule(L.LightningDataModule):
         if self.splits:
             return
         train = _load(self.sources["train"], self.check_files)
+        if stage == "fit" and not train:
+            raise DataError("fit needs data.train sources")
         if self.sources["val"]:
             val = _load(self.sources["val"], self.check_files)
         else:
@@ -97,8 +112,14 @@ class FundusDataModule(L.LightningDataModule):
             val = [train[i] for i in order[:n_val]]
             train = [train[i] for i in sorted(order[n_val:])]
         test = _load(self.sources["test"], self.check_files) if self.sources["test"] else val
-        if not train:
-            raise DataError("the training split is empty")
+        kept = [item for item in train if self.text.keep(item[1])]
+        if len(kept) < len(train):
+            logger.info(
+                "dropped %d training records of held-out categories", len(train) - len(kept)
+            )
+        if train and not kept:
+            raise DataError("every training record belongs to a held-out category")
+        train = kept
         self.splits = {"train": train, "val": val, "test": test}
         self.collate.tokenizer  # noqa: B018  (fail on a bad tokenizer now, not in a worker)
 
@@ -120,7 +141,12 @@ class FundusDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.splits["train"]), shuffle=True, seed=self.seed)
+        train = self.splits["train"]
+        if self.balance_datasets:
+            names = [record.dataset for _, record in train]
+            sampler = DatasetBalancedSampler(names, self.epoch_length, self.seed)
+        else:
+            sampler = EpochSampler(len(train), shuffle=True, seed=self.seed)
         if len(sampler) < self.batch_size:
             raise DataError(
                 f"the training split has {len(sampler)} records per device, fewer than one batch "

@@ -24,6 +24,7 @@ class Sample:
     dataset: str
     index: int
     labels: tuple[float, ...] | None
+    record_categories: tuple[str, ...] = ()
 
 
 class RecordDataset(Dataset):
@@ -60,6 +61,7 @@ class RecordDataset(Dataset):
             dataset=record.dataset,
             index=index,
             labels=record.labels,
+            record_categories=record.categories,
         )
 
 
@@ -98,4 +100,5 @@ class Collator:
             datasets=[s.dataset for s in samples],
             indices=torch.tensor([s.index for s in samples]),
             labels=labels,
+            record_categories=[s.record_categories for s in samples],
         )

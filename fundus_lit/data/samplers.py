@@ -30,3 +30,35 @@ class EpochSampler(DistributedSampler):
 
 def permutation(size: int, seed: int) -> list[int]:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class DatasetBalancedSampler(EpochSampler):
+    """Uniform over source datasets, uniform with replacement inside each (FLAIR's balancing).
+
+    Each epoch draws ``epoch_length`` keys from a generator seeded by ``(seed, epoch)``, the same
+    on every rank; rank r takes draws r, r + R, r + 2R, ..., so shares are disjoint positions of one
+    reproducible stream.
+
+    Args:
+        datasets: Dataset name of every record, in record order.
+        epoch_length: Draws per epoch over all ranks; defaults to the number of records.
+        seed: Seed of the draws.
+    """
+
+    def __init__(self, datasets: list[str], epoch_length: int | None = None, seed: int = 0):
+        super().__init__(len(datasets), shuffle=True, seed=seed, drop_last=True)
+        groups: dict[str, list[int]] = {}
+        for index, name in enumerate(datasets):
+            groups.setdefault(name, []).append(index)
+        self.groups = [torch.tensor(groups[name]) for name in sorted(groups)]
+        total = epoch_length or len(datasets)
+        self.num_samples = total // self.num_replicas
+        self.total_size = self.num_samples * self.num_replicas
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        which = torch.randint(len(self.groups), (self.total_size,), generator=g)
+        pick = torch.rand(self.total_size, generator=g)
+        for position in range(self.rank, self.total_size, self.num_replicas):
+            members = self.groups[int(which[position])]
+            yield int(members[int(pick[position] * len(members))]), self.epoch

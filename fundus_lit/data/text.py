@@ -6,10 +6,14 @@ from it, never from the words drawn into the text.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 
 from fundus_lit.data.records import FundusRecord
+from fundus_lit.knowledge.keys import category_key
+
+logger = logging.getLogger(__name__)
 
 _SPACES = re.compile(r"\s+")
 
@@ -24,6 +28,10 @@ class TextBuilder:
     def build(self, record: FundusRecord, rng: random.Random) -> tuple[str, str]:
         """Return ``(text, category)``; ``rng`` is seeded per sample and epoch by the dataset."""
         raise NotImplementedError
+
+    def keep(self, record: FundusRecord) -> bool:
+        """Whether the record may be used for pretraining (held-out categories say no)."""
+        return True
 
 
 class TemplateTextBuilder(TextBuilder):
@@ -51,3 +59,58 @@ class TemplateTextBuilder(TextBuilder):
         text = self.template.replace("[ATR]", attribute)
         text = text.replace("[CLS]", self.describe(category, record, rng))
         return collapse_spaces(text), category
+
+
+class KnowledgePromptBuilder(TemplateTextBuilder):
+    """FLAIR's knowledge prompts: [CLS] is drawn uniformly from the category's name and its
+    descriptions in the domain-knowledge dictionary, so the text teaches what the image shows.
+
+    The loss still uses the category, never the description drawn.
+
+    Args:
+        template: Prompt with ``[ATR]`` and ``[CLS]`` placeholders.
+        knowledge: Extra knowledge YAML files, applied over the built-in dictionary (a category
+            of the same name replaces the built-in one).
+        use_knowledge: False gives the "naive" ablation: [CLS] is always the category name.
+        free_text_datasets: Datasets whose categories are already free text (keyword lists,
+            captions): their categories are used as they are.
+        held_out: Categories whose samples are dropped from pretraining, so that evaluation on
+            them measures unseen-category transfer.
+    """
+
+    def __init__(
+        self,
+        template: str = "A [ATR] fundus photograph of [CLS]",
+        knowledge: list[str] | None = None,
+        use_knowledge: bool = True,
+        free_text_datasets: list[str] | None = None,
+        held_out: list[str] | None = None,
+    ) -> None:
+        super().__init__(template)
+        from fundus_lit.knowledge import KnowledgeBase
+
+        self.knowledge = KnowledgeBase.load(knowledge or [])
+        self.use_knowledge = use_knowledge
+        self.free_text = set(free_text_datasets or [])
+        self.held_out = {category_key(c) for c in held_out or []}
+        self._unknown: set[str] = set()
+
+    def keep(self, record: FundusRecord) -> bool:
+        return not any(category_key(c) in self.held_out for c in record.categories)
+
+    def describe(self, category: str, record: FundusRecord, rng: random.Random) -> str:
+        if not category or not self.use_knowledge or record.dataset in self.free_text:
+            return category
+        entry = self.knowledge.get(category)
+        if entry is None:
+            key = category_key(category)
+            if key not in self._unknown:  # once per category (and worker), not per sample
+                self._unknown.add(key)
+                logger.warning(
+                    "category %r (dataset %s) is not in the knowledge dictionary; "
+                    "its prompts use the name alone",
+                    category,
+                    record.dataset,
+                )
+            return category
+        return rng.choice((category, *entry.descriptions))
