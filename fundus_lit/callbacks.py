@@ -44,3 +44,69 @@ class RunReport(L.Callback):
                 f"{math.log(max(2, pl_module.hparams.get('batch_size', 2))):.4f})"
             )
         print("\n".join(["", "fundus-lit run report", *("  " + x for x in lines)]), flush=True)
+
+
+class ZeroShotEvaluation(L.Callback):
+    """Zero-shot classification on the validation split, from the validation pass's embeddings.
+
+    Logs ``val/zeroshot/{aca,kappa,f1,auc}`` every ``every_n_epochs`` epochs; embeddings and
+    classes are gathered over all ranks first.
+
+    Args:
+        classes: Class names (a sample's class is the first category of its record).
+        knowledge: Extra knowledge YAML files over the built-in dictionary.
+        renormalize: L2-normalise each class prototype.
+        every_n_epochs: Evaluate on every n-th validation epoch.
+    """
+
+    def __init__(
+        self,
+        classes: list[str],
+        knowledge: list[str] | None = None,
+        renormalize: bool = True,
+        every_n_epochs: int = 1,
+    ) -> None:
+        from fundus_lit.eval.zeroshot import ZeroShot
+
+        self.zeroshot = ZeroShot(classes, knowledge, renormalize)
+        self.every_n_epochs = every_n_epochs
+        self._emb: list = []
+        self._targets: list = []
+        self._tokenizer = None
+        self.last: dict | None = None
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._emb, self._targets = [], []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self._active(trainer) and isinstance(outputs, dict) and "image_emb" in outputs:
+            self._emb.append(outputs["image_emb"])
+            self._targets.append(
+                self.zeroshot.targets(batch.record_categories).to(pl_module.device)
+            )
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not self._active(trainer) or not self._emb:
+            return
+        import torch
+
+        from fundus_lit.models.text import load_tokenizer
+
+        emb, targets = torch.cat(self._emb), torch.cat(self._targets)
+        if trainer.world_size > 1:
+            emb = pl_module.all_gather(emb).flatten(0, 1)
+            targets = pl_module.all_gather(targets).flatten()
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(pl_module.hparams["text"]["name"])
+        encoder = pl_module.encoder
+        protos = self.zeroshot.prototypes(
+            encoder, self._tokenizer, pl_module.hparams["text"]["max_length"]
+        )
+        self.last = self.zeroshot.evaluate(emb, targets, protos, encoder.scale())
+        for key in ("aca", "kappa", "f1", "auc"):
+            pl_module.log(f"val/zeroshot/{key}", self.last[key], rank_zero_only=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Literal
 
 import lightning as L
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -93,16 +94,34 @@ def synth(
         print(path)
 
 
-EXTRA_COMMANDS: dict[str, Callable[..., object]] = {"synth": synth}
-TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+def synth_command(args: list[str]) -> None:
+    parser = ArgumentParser(prog="fundus-lit synth", description=synth.__doc__)
+    parser.add_function_arguments(synth, as_group=False)
+    synth(**parser.parse_args(args).as_dict())
 
 
-def _run_extra(name: str, args: list[str]) -> None:
-    func = EXTRA_COMMANDS[name]
-    parser = ArgumentParser(prog=f"fundus-lit {name}", description=func.__doc__)
-    parser.add_function_arguments(func, as_group=False)
+def zeroshot_command(args: list[str]) -> None:
+    """Zero-shot classification of a trained checkpoint on a data split: prints a table and
+    writes the metrics under ``zeroshot`` in a JSON file (``eval.json`` of the run by default)."""
+    from fundus_lit.eval.zeroshot import ZeroShot
+    from fundus_lit.eval.zeroshot_run import run_zeroshot
+
+    parser = ArgumentParser(prog="fundus-lit zeroshot", description=zeroshot_command.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with data: and zeroshot:")
+    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
+    parser.add_argument("--split", type=Literal["val", "test"], default="test")
+    parser.add_argument("--out", type=str | None, default=None, help="JSON file to update")
+    parser.add_subclass_arguments(FundusDataModule, "data", required=True)
+    parser.add_class_arguments(ZeroShot, "zeroshot")
     cfg = parser.parse_args(args)
-    func(**cfg.as_dict())
+    run_zeroshot(parser, cfg)
+
+
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "synth": synth_command,
+    "zeroshot": zeroshot_command,
+}
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv else 2)
     try:
         if argv[0] in EXTRA_COMMANDS:
-            _run_extra(argv[0], argv[1:])
+            EXTRA_COMMANDS[argv[0]](argv[1:])
         else:
             cli_main(argv)
     except Exception as err:

@@ -77,7 +77,7 @@ class PretrainModule(L.LightningModule):
     def forward(self, batch: Batch) -> ModelOutputs:
         return self.encoder(batch.images, batch.input_ids, batch.attention_mask, self.requires)
 
-    def _step(self, batch: Batch, stage: str) -> Tensor:
+    def _step(self, batch: Batch, stage: str) -> tuple[Tensor, ModelOutputs]:
         outputs = self(batch)
         total = outputs.image_emb.new_zeros(())
         sync = stage != "train"
@@ -92,7 +92,7 @@ class PretrainModule(L.LightningModule):
             if stage == "train":
                 self._log_images(obj.name, result.images)
         self.log(f"{stage}/loss", total, prog_bar=True, sync_dist=sync, batch_size=len(batch))
-        return total
+        return total, outputs
 
     def _log_images(self, prefix: str, images: dict[str, Tensor]) -> None:
         experiment = getattr(self.logger, "experiment", None)
@@ -109,17 +109,20 @@ class PretrainModule(L.LightningModule):
         self._step_started = now
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         self.log("train/logit_scale", self.encoder.scale().detach(), batch_size=len(batch))
         group = self.trainer.optimizers[0].param_groups[0]
         self.log("train/lr", group["lr"] / group["lr_mult"], batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        loss, outputs = self._step(batch, "val")
+        # evaluation callbacks (zero-shot) reuse these embeddings instead of a second pass
+        return {"loss": loss, "image_emb": outputs.image_emb.detach()}
 
-    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        loss, outputs = self._step(batch, "test")
+        return {"loss": loss, "image_emb": outputs.image_emb.detach()}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Embeddings with the metadata needed to evaluate or index them."""

@@ -73,6 +73,26 @@ def test_synth_then_fit_then_validate_and_predict(synth_root, tmp_path, capsys):
     rows = pred.trainer.predict_loop.predictions
     assert sum(r["image_emb"].shape[0] for r in rows) == 4  # the held-out quarter of 16
 
+    out = tmp_path / "eval.json"
+    eval_config = str(ROOT / "recipes" / "eval" / "synthetic.yaml")
+    test_source = [{"class_path": "fundus_lit.data.SyntheticSource", "init_args": {"n": 12}}]
+    main(
+        [
+            "zeroshot",
+            f"--ckpt={ckpt}",
+            f"--config={eval_config}",
+            f"--data.init_args.test={json.dumps(test_source)}",
+            "--data.init_args.num_workers=0",
+            f"--out={out}",
+        ]
+    )
+    result = json.loads(out.read_text())["zeroshot"]
+    assert result["n"] == 12 and {"aca", "kappa", "f1", "auc"} <= set(result)
+    assert "| aca |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["zeroshot", f"--ckpt={tmp_path / 'missing.ckpt'}", f"--config={eval_config}"])
+    assert stop.value.code == 2 and "missing.ckpt does not exist" in capsys.readouterr().err
+
 
 def test_values_stated_once_are_linked(tmp_path):
     cli = cli_main(  # run=False: no subcommand

@@ -1,0 +1,27 @@
+"""Classification metrics of the spec (section 6), computed with torchmetrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.classification import (
+    multiclass_auroc,
+    multiclass_cohen_kappa,
+    multiclass_f1_score,
+    multiclass_recall,
+)
+
+
+def classification_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
+    """ACA (balanced accuracy = mean per-class recall), quadratic-weighted kappa, macro-F1 and
+    one-vs-rest macro AUC of class ``logits`` (N, K) against integer ``targets`` (N,)."""
+    k = logits.shape[1]
+    logits, targets = logits.float().cpu(), targets.long().cpu()
+    preds = logits.argmax(dim=1)
+    probs = torch.softmax(logits, dim=1)
+    return {
+        "aca": float(multiclass_recall(preds, targets, k, average="macro")),
+        "kappa": float(multiclass_cohen_kappa(preds, targets, k, weights="quadratic")),
+        "f1": float(multiclass_f1_score(preds, targets, k, average="macro")),
+        "auc": float(multiclass_auroc(probs, targets, k, average="macro")),
+    }
