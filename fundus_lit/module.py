@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import lightning as L
@@ -24,6 +24,14 @@ from fundus_lit.optim import OptimConfig, param_groups, warmup_cosine, warmup_st
 def _as(cls: type, value: Any) -> Any:
     """Accept a config dataclass or its dict (as stored in checkpoint hyper-parameters)."""
     return cls(**value) if isinstance(value, dict) else value
+
+
+def full_precision(outputs: ModelOutputs) -> ModelOutputs:
+    """The global embeddings and scale in fp32 (dense features stay as computed)."""
+    text = None if outputs.text_emb is None else outputs.text_emb.float()
+    return replace(
+        outputs, image_emb=outputs.image_emb.float(), text_emb=text, scale=outputs.scale.float()
+    )
 
 
 class PretrainModule(L.LightningModule):
@@ -78,11 +86,14 @@ class PretrainModule(L.LightningModule):
         return self.encoder(batch.images, batch.input_ids, batch.attention_mask, self.requires)
 
     def _step(self, batch: Batch, stage: str) -> tuple[Tensor, ModelOutputs]:
-        outputs = self(batch)
+        outputs = full_precision(self(batch))
         total = outputs.image_emb.new_zeros(())
         sync = stage != "train"
         for obj in self.objectives:
-            result = obj(outputs, batch)
+            # losses in fp32 under bf16/fp16 autocast: logits at s = 100 and their softmax lose
+            # too much in half precision
+            with torch.autocast(self.device.type, enabled=False):
+                result = obj(outputs, batch)
             loss = sum(result.losses.values())
             total = total + obj.weight * loss
             self.log(f"{stage}/{obj.name}", loss, sync_dist=sync, batch_size=len(batch))

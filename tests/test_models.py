@@ -92,3 +92,36 @@ def test_local_weights_file_for_vision_tower(tmp_path):
     model = DualEncoder(VisionConfig("test_resnet", weights=str(path)), TextConfig(MINILM), 16, 64)
     for key, value in ref.state_dict().items():
         assert torch.equal(model.vision.model.state_dict()[key], value)
+
+
+def test_objectives_get_fp32_embeddings_under_bf16_autocast(tokens):
+    from fundus_lit.data.batch import Batch
+    from fundus_lit.module import PretrainModule
+
+    module = PretrainModule(
+        VisionConfig("test_resnet"), TextConfig(MINILM), embed_dim=16, image_size=64
+    )
+    seen = {}
+    obj = module.objectives[0]
+    original = obj.forward
+
+    def spy(outputs, batch):
+        seen["dtype"] = outputs.image_emb.dtype
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        return original(outputs, batch)
+
+    obj.forward = spy
+    n = tokens["input_ids"].shape[0]
+    batch = Batch(
+        torch.zeros(n, 3, 64, 64, dtype=torch.uint8),
+        tokens["input_ids"],
+        tokens["attention_mask"],
+        [""] * n,
+        ["a", "b"],
+        ["d"] * n,
+        torch.arange(n),
+    )
+    module.log = lambda *a, **k: None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = module._step(batch, "val")
+    assert seen == {"dtype": torch.float32, "autocast": False} and loss.dtype == torch.float32
