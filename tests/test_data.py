@@ -108,3 +108,16 @@ def test_datamodule_rejects_bad_settings():
         dm.train_dataloader()
     with pytest.raises(DataError, match="n > 0"):
         make_dm(train=[SyntheticSource(n=0)]).setup("fit")
+
+
+def test_synthetic_source_caches_drawn_images_but_not_in_pickles():
+    import pickle
+
+    source = SyntheticSource(n=3, size=48, seed=4)
+    record = source.load()[1]
+    first = source.open_image(record)
+    assert source.open_image(record) is first  # drawn once per worker
+    assert pickle.loads(pickle.dumps(source))._images == {}
+    uncached = SyntheticSource(n=3, size=48, seed=4, cache=False)
+    assert np.array_equal(np.asarray(uncached.open_image(record)), np.asarray(first))
+    assert uncached._images == {}

@@ -118,13 +118,23 @@ class SyntheticSource(Source):
         seed: Generator seed; the same seed gives the same dataset on every machine.
         sites: Number of camera styles, each a separate dataset name.
         offset: Index of the first image, so train/val/test can be disjoint draws of one seed.
+        cache: Keep drawn images in memory (per loader worker), so later epochs do not redraw
+            them; n * size * size * 3 bytes at most per worker.
     """
 
     def __init__(
-        self, n: int = 512, size: int = 256, seed: int = 0, sites: int = 2, offset: int = 0
+        self,
+        n: int = 512,
+        size: int = 256,
+        seed: int = 0,
+        sites: int = 2,
+        offset: int = 0,
+        cache: bool = True,
     ) -> None:
         self.n, self.size, self.seed, self.sites, self.offset = n, size, seed, sites, offset
+        self.cache = cache
         self._synth = None
+        self._images: dict[int, Image.Image] = {}
 
     def __repr__(self) -> str:
         return (
@@ -140,7 +150,7 @@ class SyntheticSource(Source):
         return self._synth
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_synth": None}
+        return self.__dict__ | {"_synth": None, "_images": {}}
 
     def load(self) -> list[FundusRecord]:
         if self.n <= 0:
@@ -159,4 +169,9 @@ class SyntheticSource(Source):
 
     def open_image(self, record: FundusRecord) -> Image.Image:
         index = int(record.image.split(":", 1)[1])
-        return Image.fromarray(self.synth.sample(index).image)
+        image = self._images.get(index)
+        if image is None:
+            image = Image.fromarray(self.synth.sample(index).image)
+            if self.cache:
+                self._images[index] = image
+        return image
