@@ -100,21 +100,27 @@ def synth_command(args: list[str]) -> None:
     synth(**parser.parse_args(args).as_dict())
 
 
-def zeroshot_command(args: list[str]) -> None:
+def zeroshot_parser() -> ArgumentParser:
     """Zero-shot classification of a trained checkpoint on a data split: prints a table and
-    writes the metrics under ``zeroshot`` in a JSON file (``eval.json`` of the run by default)."""
+    writes the metrics under ``--section`` in a JSON file (``eval.json`` of the run by default)."""
     from fundus_lit.eval.zeroshot import ZeroShot
-    from fundus_lit.eval.zeroshot_run import run_zeroshot
 
-    parser = ArgumentParser(prog="fundus-lit zeroshot", description=zeroshot_command.__doc__)
+    parser = ArgumentParser(prog="fundus-lit zeroshot", description=zeroshot_parser.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with data: and zeroshot:")
     parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
     parser.add_argument("--split", type=Literal["val", "test"], default="test")
     parser.add_argument("--out", type=str | None, default=None, help="JSON file to update")
+    parser.add_argument("--section", type=str, default="zeroshot", help="key of the results")
     parser.add_subclass_arguments(FundusDataModule, "data", required=True)
     parser.add_class_arguments(ZeroShot, "zeroshot")
-    cfg = parser.parse_args(args)
-    run_zeroshot(parser, cfg)
+    return parser
+
+
+def zeroshot_command(args: list[str]) -> None:
+    from fundus_lit.eval.zeroshot_run import run_zeroshot
+
+    parser = zeroshot_parser()
+    run_zeroshot(parser, parser.parse_args(args))
 
 
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {

@@ -1,27 +1,41 @@
 """Every recipe YAML is a test: parsed with --print_config and smoke-run on synthetic data with the
-tiny overlay. Recipes are discovered, so a new recipe is covered without a new test."""
+tiny overlay. Recipes are discovered, so a new recipe is covered without a new test. An ablation
+carries only its deltas and names the recipe it stacks on in a first line ``# base: <path>``."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fundus_lit.cli import cli_main
+from fundus_lit.cli import cli_main, zeroshot_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "recipes" / "overlays" / "tiny.yaml")
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "overlays" not in p.parts)
+NOT_RECIPES = {"overlays", "eval"}  # overlays stack on recipes; eval/ holds evaluation data configs
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if not NOT_RECIPES & set(p.parts))
+
+
+def configs(recipe: Path) -> list[str]:
+    """The --config arguments that run a recipe: its base first, when it declares one."""
+    first = recipe.read_text().splitlines()[0]
+    base = [str(ROOT / first.split(":", 1)[1].strip())] if first.startswith("# base:") else []
+    return [arg for path in (*base, str(recipe)) for arg in ("--config", path)]
 
 
 def test_recipes_exist():
-    assert any(p.name == "clip.yaml" for p in RECIPES)
+    names = {str(p.relative_to(ROOT)) for p in RECIPES}
+    assert {
+        "recipes/clip.yaml",
+        "recipes/flair.yaml",
+        "recipes/ablations/flair_naive.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_recipe_prints_config_alone_and_with_overlay(recipe, capsys):
     for extra in ([], ["--config", TINY]):
         with pytest.raises(SystemExit) as stop:
-            cli_main(["fit", "--config", str(recipe), *extra, "--print_config"])
+            cli_main(["fit", *configs(recipe), *extra, "--print_config"])
         assert stop.value.code in (0, None)
         config = yaml.safe_load(capsys.readouterr().out)
         assert config["model"]["class_path"] and config["data"]["class_path"]
@@ -46,3 +60,13 @@ def test_recipe_smoke_runs_on_synthetic_data(recipe, tmp_path):
     assert cli.trainer.state.finished
     logged = cli.trainer.callback_metrics
     assert "train/loss" in logged and bool(logged["train/loss"].isfinite())
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "recipes" / "eval").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_evaluation_configs_parse_and_instantiate(config):
+    parser = zeroshot_parser()
+    cfg = parser.parse_args([f"--config={config}", "--ckpt=unused.ckpt"])
+    init = parser.instantiate_classes(cfg)
+    assert init.data.sources["test"] and len(init.zeroshot.classes) >= 6

@@ -43,8 +43,8 @@ def run_zeroshot(parser, cfg) -> dict:
     )
     if result["n"] == 0:
         raise DataError(f"no {cfg.split} record has a first category among {zeroshot.classes}")
-    print(format_table(result, f"zero-shot ({cfg.split} split)"))
+    print(format_table(result, f"{cfg.section} ({cfg.split} split)"))
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval.json"
-    update_json(out, "zeroshot", result)
+    update_json(out, cfg.section, result)
     print(f"wrote {out}")
     return result
