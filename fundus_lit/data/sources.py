@@ -155,17 +155,19 @@ class SyntheticSource(Source):
     def load(self) -> list[FundusRecord]:
         if self.n <= 0:
             raise DataError(f"SyntheticSource needs n > 0, got n={self.n}")
-        synth = self.synth
-        return [
-            FundusRecord(
-                image=f"synthetic:{i}",
-                dataset=synth.site_of(i),
-                categories=tuple(synth.categories_of(i)),
-                attributes=tuple(synth.attributes_of(i)),
-                origin=f"synthetic seed={self.seed} index={i}",
+        records = []
+        for i in range(self.offset, self.offset + self.n):
+            site, categories, attributes = self.synth.labels_of(i)
+            records.append(
+                FundusRecord(
+                    image=f"synthetic:{i}",
+                    dataset=site,
+                    categories=tuple(categories),
+                    attributes=tuple(attributes),
+                    origin=f"synthetic seed={self.seed} index={i}",
+                )
             )
-            for i in range(self.offset, self.offset + self.n)
-        ]
+        return records
 
     def open_image(self, record: FundusRecord) -> Image.Image:
         index = int(record.image.split(":", 1)[1])

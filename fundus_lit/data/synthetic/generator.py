@@ -283,6 +283,11 @@ class FundusSynth:
     def attributes_of(self, index: int) -> list[str]:
         return list(self._plan(index).attributes)
 
+    def labels_of(self, index: int) -> tuple[str, list[str], list[str]]:
+        """(site, categories, attributes) from one plan: what a record needs, without drawing."""
+        plan = self._plan(index)
+        return self.cameras[plan.site].name, list(plan.categories), list(plan.attributes)
+
     def sample(self, index: int, with_mask: bool = False) -> SynthSample:
         """Deterministic in (seed, index) alone; the mask costs nothing extra to paint."""
         plan = self._plan(index)
