@@ -5,10 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.distributed import gather_no_grad
-from fundus_lit.objectives.functional import category_ids, category_targets, soft_clip_loss
+from fundus_lit.objectives.functional import category_ids, category_targets
 
 
 class FLAIRObjective(CLIPObjective):
@@ -21,21 +20,6 @@ class FLAIRObjective(CLIPObjective):
 
     default_name = "flair"
 
-    def loss(
-        self,
-        outputs: ModelOutputs,
-        batch: Batch,
-        image_cols: Tensor,
-        text_cols: Tensor,
-        offset: int,
-    ) -> Tensor:
-        row_ids = category_ids(batch.categories, outputs.image_emb.device)
-        targets = category_targets(row_ids, gather_no_grad(row_ids))
-        return soft_clip_loss(
-            outputs.image_emb,
-            text_cols,
-            outputs.text_emb,
-            image_cols,
-            outputs.scale,
-            targets.to(outputs.image_emb.dtype),
-        )
+    def targets(self, batch: Batch, offset: int, columns: int, rows: Tensor) -> Tensor:
+        row_ids = category_ids(batch.categories, rows.device)
+        return category_targets(row_ids, gather_no_grad(row_ids)).to(rows.dtype)
