@@ -4,7 +4,7 @@ from fundus_lit.data.batch import Batch
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import FlairCSVSource, Source, SyntheticSource
+from fundus_lit.data.sources import FlairCSVSource, ImageFolderSource, Source, SyntheticSource
 from fundus_lit.data.text import KnowledgePromptBuilder, TemplateTextBuilder, TextBuilder
 from fundus_lit.data.transforms import AugmentConfig
 
@@ -15,6 +15,7 @@ __all__ = [
     "FlairCSVSource",
     "FundusDataModule",
     "FundusRecord",
+    "ImageFolderSource",
     "KnowledgePromptBuilder",
     "Source",
     "SyntheticSource",

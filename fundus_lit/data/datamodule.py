@@ -123,15 +123,16 @@ class FundusDataModule(L.LightningDataModule):
         self.splits = {"train": train, "val": val, "test": test}
         self.collate.tokenizer  # noqa: B018  (fail on a bad tokenizer now, not in a worker)
 
-    def dataset(self, split: str) -> RecordDataset:
-        augment = self.augment if split == "train" else None
+    def dataset(self, split: str, augment: bool | None = None) -> RecordDataset:
+        """Records of ``split``; only the training split is augmented unless ``augment`` says."""
+        augment = self.augment if (split == "train" if augment is None else augment) else None
         pipeline = ImagePipeline(self.image_size, self.crop_fov, augment)
         return RecordDataset(self.splits[split], self.text, pipeline, self.seed)
 
-    def _loader(self, split: str, **kwargs) -> DataLoader:
+    def _loader(self, split: str, augment: bool | None = None, **kwargs) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)
         return DataLoader(
-            self.dataset(split),
+            self.dataset(split, augment),
             batch_size=self.batch_size,
             num_workers=workers,
             pin_memory=self.pin_memory,
@@ -162,3 +163,12 @@ class FundusDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader | list:
         return self.test_dataloader()
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Every record of ``split`` in order, never augmented: features for probes, adapters and
+        indexes must describe the images themselves, including those of the training split."""
+        if not self.splits:
+            raise RuntimeError("call setup() before eval_dataloader()")
+        if not self.splits[split]:
+            raise DataError(f"the {split} split has no records; add data.{split} sources")
+        return self._loader(split, shuffle=False, augment=False)

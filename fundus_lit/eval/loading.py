@@ -33,6 +33,34 @@ def load_encoder(path: str | Path) -> tuple[DualEncoder, dict]:
     )
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    check_keys(path, encoder.state_dict(), state)
     encoder.load_state_dict(state)
     encoder.eval()
     return encoder, hp
+
+
+def check_keys(path: Path, expected: dict, found: dict, shown: int = 8) -> None:
+    """Refuse a checkpoint whose weights do not fit the encoder its own config describes.
+
+    PyTorch's message lists hundreds of keys in one line; this one names the first few missing
+    and unexpected keys and the shape mismatches, which is what tells a user which tower differs.
+    """
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and tuple(found[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f"checkpoint {path} does not match the encoder its hyper-parameters describe:"]
+    for title, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if keys:
+            more = f" ... and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"  {len(keys)} {title}: {', '.join(keys[:shown])}{more}")
+    raise DataError("\n".join(parts))
