@@ -22,17 +22,18 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
-# Trains the tiny FLAIR recipe, then zero-shot classifies held-out synthetic images and writes
-# eval.json in the run directory.
+# Trains the tiny FLAIR recipe, then evaluates the last checkpoint on held-out synthetic images
+# (zero-shot, linear probe, few-shot adapters, retrieval) and writes eval.json, eval.md, confusion
+# matrices and TensorBoard scalars into the run directory.
 demo: install
 	$(VENV)/bin/fundus-lit fit --config recipes/flair.yaml --config recipes/overlays/tiny.yaml \
 		--config callbacks/default.yaml --trainer.logger.init_args.save_dir=$(DEMO_DIR) \
 		--trainer.precision=$(DEMO_PRECISION) --trainer.enable_progress_bar=false
 	run=$$(ls -td $(DEMO_DIR)/flair/version_* | head -1) && \
-	$(VENV)/bin/fundus-lit zeroshot --ckpt $$run/checkpoints/last.ckpt \
-		--config recipes/eval/synthetic.yaml --out $$run/eval.json && \
-	$(VENV)/bin/fundus-lit zeroshot --ckpt $$run/checkpoints/last.ckpt --section zeroshot_6class \
-		--config recipes/eval/synthetic_6class.yaml --out $$run/eval.json
+	$(VENV)/bin/fundus-lit evaluate --ckpt $$run/checkpoints/last.ckpt \
+		--config recipes/eval/synthetic.yaml && \
+	$(VENV)/bin/fundus-lit evaluate --ckpt $$run/checkpoints/last.ckpt --tag 6class \
+		--config recipes/eval/synthetic_6class.yaml
 
 lint: install
 	$(VENV)/bin/ruff check fundus_lit tests benchmarks
@@ -41,6 +42,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/synth_speed.py
+	$(PY) benchmarks/retrieval.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs lightning_logs .pytest_cache

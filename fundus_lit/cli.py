@@ -100,32 +100,106 @@ def synth_command(args: list[str]) -> None:
     synth(**parser.parse_args(args).as_dict())
 
 
-def zeroshot_parser() -> ArgumentParser:
-    """Zero-shot classification of a trained checkpoint on a data split: prints a table and
-    writes the metrics under ``--section`` in a JSON file (``eval.json`` of the run by default)."""
-    from fundus_lit.eval.zeroshot import ZeroShot
+def evaluate_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
+    """Evaluate a trained checkpoint: zero-shot, linear probe, few-shot adapters and retrieval on
+    the data of an evaluation config. Writes eval.json (a section per task), a markdown report,
+    TensorBoard scalars and confusion matrices into --out (the checkpoint's run directory by
+    default)."""
+    from fundus_lit.eval.evaluate import PromptConfig, RetrievalConfig
+    from fundus_lit.eval.fewshot import FewShotConfig
+    from fundus_lit.eval.probe import ProbeConfig
 
-    parser = ArgumentParser(prog="fundus-lit zeroshot", description=zeroshot_parser.__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with data: and zeroshot:")
+    parser = ArgumentParser(prog=prog, description=evaluate_parser.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML")
     parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
-    parser.add_argument("--split", type=Literal["val", "test"], default="test")
-    parser.add_argument("--out", type=str | None, default=None, help="JSON file to update")
-    parser.add_argument("--section", type=str, default="zeroshot", help="key of the results")
+    parser.add_argument(
+        "--tasks",
+        type=str | list[str] | None,
+        default=None,
+        help="comma-separated subset of zeroshot,probe,fewshot,retrieval (default: all)",
+    )
+    parser.add_argument(
+        "--split", type=Literal["val", "test"], default="test", help="split evaluated"
+    )
+    parser.add_argument("--out", type=str | None, default=None, help="output directory")
+    parser.add_argument(
+        "--tag", type=str | None, default=None, help="suffix of the JSON sections and files"
+    )
+    parser.add_argument(
+        "--classes",
+        type=list[str] | None,
+        default=None,
+        help="class names; a sample's class is the first category of its record",
+    )
     parser.add_subclass_arguments(FundusDataModule, "data", required=True)
-    parser.add_class_arguments(ZeroShot, "zeroshot")
+    parser.add_class_arguments(PromptConfig, "zeroshot")
+    parser.add_class_arguments(ProbeConfig, "probe")
+    parser.add_class_arguments(FewShotConfig, "fewshot")
+    parser.add_class_arguments(RetrievalConfig, "retrieval")
     return parser
 
 
-def zeroshot_command(args: list[str]) -> None:
-    from fundus_lit.eval.zeroshot_run import run_zeroshot
+def evaluate_command(args: list[str], tasks: str | None = None) -> None:
+    from fundus_lit.eval.evaluate import run_evaluate
 
-    parser = zeroshot_parser()
-    run_zeroshot(parser, parser.parse_args(args))
+    parser = evaluate_parser("fundus-lit zeroshot" if tasks else "fundus-lit evaluate")
+    if tasks:
+        parser.set_defaults(tasks=tasks)
+    run_evaluate(parser, parser.parse_args(args))
+
+
+def index_parser() -> ArgumentParser:
+    """Build a case-search index: embed every image of a data split with a checkpoint and save a
+    FAISS index with each record's path and categories under --out."""
+    parser = ArgumentParser(prog="fundus-lit index", description=index_parser.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with data:")
+    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
+    parser.add_argument("--out", type=str, required=True, help="index directory")
+    parser.add_argument("--split", type=Literal["train", "val", "test"], default="test")
+    parser.add_subclass_arguments(FundusDataModule, "data", required=True)
+    return parser
+
+
+def index_command(args: list[str]) -> None:
+    from fundus_lit.eval.casesearch import build_index
+
+    parser = index_parser()
+    cfg = parser.parse_args(args)
+    case_index = build_index(parser, cfg)
+    print(f"indexed {len(case_index)} images of the {cfg.split} split into {cfg.out}")
+
+
+def search_parser() -> ArgumentParser:
+    """Find the indexed cases most similar to a fundus photograph."""
+    parser = ArgumentParser(prog="fundus-lit search", description=search_parser.__doc__)
+    parser.add_argument("--index", type=str, required=True, help="directory from fundus-lit index")
+    parser.add_argument("--image", type=str, required=True, help="query image")
+    parser.add_argument("--k", type=int, default=10, help="number of cases")
+    parser.add_argument("--grid", type=str | None, default=None, help="write a PNG grid here")
+    parser.add_argument(
+        "--ckpt", type=str | None, default=None, help="checkpoint (default: the index's own)"
+    )
+    return parser
+
+
+def search_command(args: list[str]) -> None:
+    from fundus_lit.eval.casesearch import format_hits, load_index, search, write_grid
+
+    cfg = search_parser().parse_args(args)
+    if cfg.k < 1:
+        raise DataError(f"--k must be at least 1, got {cfg.k}")
+    hits = search(load_index(cfg.index), cfg.image, cfg.k, cfg.ckpt)
+    print(format_hits(hits))
+    if cfg.grid:
+        print(f"wrote {write_grid(cfg.image, hits, cfg.grid)}")
 
 
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "synth": synth_command,
-    "zeroshot": zeroshot_command,
+    "evaluate": evaluate_command,
+    "zeroshot": lambda args: evaluate_command(args, tasks="zeroshot"),
+    "index": index_command,
+    "search": search_command,
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -128,8 +128,12 @@ class PretrainModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, outputs = self._step(batch, "val")
-        # evaluation callbacks (zero-shot) reuse these embeddings instead of a second pass
-        return {"loss": loss, "image_emb": outputs.image_emb.detach()}
+        # evaluation callbacks (zero-shot, retrieval) reuse these embeddings: no second pass
+        return {
+            "loss": loss,
+            "image_emb": outputs.image_emb.detach(),
+            "text_emb": outputs.text_emb.detach(),
+        }
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, outputs = self._step(batch, "test")

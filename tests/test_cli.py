@@ -73,7 +73,7 @@ def test_synth_then_fit_then_validate_and_predict(synth_root, tmp_path, capsys):
     rows = pred.trainer.predict_loop.predictions
     assert sum(r["image_emb"].shape[0] for r in rows) == 4  # the held-out quarter of 16
 
-    out = tmp_path / "eval.json"
+    out = tmp_path / "eval"
     eval_config = str(ROOT / "recipes" / "eval" / "synthetic.yaml")
     test_source = [{"class_path": "fundus_lit.data.SyntheticSource", "init_args": {"n": 12}}]
     main(
@@ -84,10 +84,11 @@ def test_synth_then_fit_then_validate_and_predict(synth_root, tmp_path, capsys):
             f"--data.init_args.test={json.dumps(test_source)}",
             "--data.init_args.num_workers=0",
             f"--out={out}",
+            "--classes=[normal, age related macular degeneration]",
         ]
     )
-    result = json.loads(out.read_text())["zeroshot"]
-    assert result["n"] == 12 and {"aca", "kappa", "f1", "auc"} <= set(result)
+    result = json.loads((out / "eval.json").read_text())["zeroshot"]
+    assert result["n"] + result["skipped"] == 12 and {"aca", "kappa", "f1", "auc"} <= set(result)
     assert "| aca |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:
         main(["zeroshot", f"--ckpt={tmp_path / 'missing.ckpt'}", f"--config={eval_config}"])

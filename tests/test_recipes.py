@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fundus_lit.cli import cli_main, zeroshot_parser
+from fundus_lit.cli import cli_main, evaluate_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "recipes" / "overlays" / "tiny.yaml")
@@ -66,7 +66,7 @@ def test_recipe_smoke_runs_on_synthetic_data(recipe, tmp_path):
     "config", sorted((ROOT / "recipes" / "eval").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_evaluation_configs_parse_and_instantiate(config):
-    parser = zeroshot_parser()
+    parser = evaluate_parser()
     cfg = parser.parse_args([f"--config={config}", "--ckpt=unused.ckpt"])
     init = parser.instantiate_classes(cfg)
-    assert init.data.sources["test"] and len(init.zeroshot.classes) >= 6
+    assert init.data.sources["test"] and len(init.classes) >= 6

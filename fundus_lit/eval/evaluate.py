@@ -1,0 +1,323 @@
+"""The ``fundus-lit evaluate`` verb: one checkpoint, one evaluation config, every task.
+
+Each split is encoded once (:mod:`fundus_lit.eval.features`); zero-shot, linear probe, few-shot
+adapters and retrieval then work on those rows. Results go to ``eval.json`` (a section per task),
+a markdown report, TensorBoard scalars next to the training curves, and confusion matrices.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from fundus_lit.data.errors import DataError
+from fundus_lit.data.records import FundusRecord
+from fundus_lit.eval.features import Features, extract_features
+from fundus_lit.eval.loading import load_encoder
+from fundus_lit.eval.report import (
+    confusion_figure,
+    confusion_matrix,
+    markdown,
+    scalars,
+    update_json,
+)
+from fundus_lit.knowledge import category_key
+
+logger = logging.getLogger(__name__)
+TASKS = ("zeroshot", "probe", "fewshot", "retrieval")
+
+
+@dataclass
+class PromptConfig:
+    """How class prompts are written for zero-shot and the adapters' prototypes.
+
+    Args:
+        knowledge: Extra knowledge YAML files over the built-in dictionary.
+        renormalize: L2-normalise each class prototype.
+        template: Prompt with a ``[CLS]`` placeholder.
+    """
+
+    knowledge: list[str] = field(default_factory=list)
+    renormalize: bool = True
+    template: str = "A fundus photograph of [CLS]"
+
+
+@dataclass
+class RetrievalConfig:
+    """Retrieval tasks of the evaluation.
+
+    Args:
+        ks: Cut-offs of R@k and mAP@k.
+        tasks: ``i2t`` and ``t2i`` (pair relevance: an image's own text; identical texts count as
+            one text), ``i2i`` (case retrieval: evaluation images against the training split, or
+            leave-one-out within the evaluation split when there is no training split).
+        case_relevance: ``categories``: a case is relevant when it shares any category with the
+            query; ``class``: only when the first categories match.
+        device: Where FAISS searches: ``auto`` uses a GPU index when FAISS and CUDA allow.
+    """
+
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    tasks: list[Literal["i2t", "t2i", "i2i"]] = field(default_factory=lambda: ["i2t", "t2i", "i2i"])
+    case_relevance: Literal["categories", "class"] = "categories"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+def parse_tasks(tasks: str | list[str] | None) -> list[str]:
+    if tasks is None:
+        return list(TASKS)
+    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    names = [t.strip() for t in names if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise DataError(f"unknown evaluation task(s) {unknown or names}; choose from {TASKS}")
+    return names
+
+
+def default_out(ckpt: Path) -> Path:
+    """The run directory of a checkpoint (``RUN/checkpoints/x.ckpt`` -> ``RUN``)."""
+    ckpt = ckpt.resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def check_classes(classes: list[str], records: list[FundusRecord], split: str) -> None:
+    """Name the configured classes that no record of ``split`` has as its first category, before
+    any image is encoded: a typo would otherwise become a class with zero recall."""
+    present = {category_key(r.categories[0]) for r in records if r.categories}
+    absent = [c for c in classes if category_key(c) not in present]
+    if absent:
+        found = sorted({r.categories[0] for r in records if r.categories})
+        shown = ", ".join(found[:15]) + (" ..." if len(found) > 15 else "")
+        raise DataError(
+            f"class(es) {absent} of the evaluation config are absent from the {split} split "
+            f"({len(records)} records; first categories found: {shown})"
+        )
+
+
+class Evaluation:
+    """State shared by the tasks of one ``evaluate`` run: encoder, data, features, outputs."""
+
+    def __init__(self, parser, cfg) -> None:
+        self.tasks = parse_tasks(cfg.tasks)
+        self.ckpt = Path(cfg.ckpt)
+        self.encoder, self.hp = load_encoder(self.ckpt)
+        # the model decides how images and texts are prepared, not the data config
+        cfg.data.init_args.tokenizer = self.hp["text"]["name"]
+        cfg.data.init_args.max_length = self.hp["text"]["max_length"]
+        cfg.data.init_args.image_size = self.hp["image_size"]
+        self.cfg = cfg = parser.instantiate_classes(cfg)
+        self.dm = cfg.data
+        self.dm.setup("test")
+        self.split = cfg.split
+        self.out = Path(cfg.out) if cfg.out else default_out(self.ckpt)
+        self.classes = list(cfg.classes or [])
+        self.figures: dict[str, object] = {}
+
+    # -- data --------------------------------------------------------------------------------
+    def needs_classes(self) -> bool:
+        return any(t in self.tasks for t in ("zeroshot", "probe", "fewshot"))
+
+    def needs_train(self) -> bool:
+        if "probe" in self.tasks or "fewshot" in self.tasks:
+            return True
+        return "retrieval" in self.tasks and "i2i" in self.cfg.retrieval.tasks
+
+    def validate(self) -> None:
+        records = self.records(self.split)
+        if not records:
+            raise DataError(f"the {self.split} split has no records; add data.{self.split} sources")
+        if self.needs_classes():
+            if len(self.classes) < 2:
+                raise DataError(
+                    f"tasks {self.tasks} need `classes:` (at least 2) in the evaluation config"
+                )
+            check_classes(self.classes, records, self.split)
+            if "probe" in self.tasks or "fewshot" in self.tasks:
+                train = self.records("train")
+                if not train:
+                    raise DataError(
+                        "probe and fewshot train on the train split; add data.train sources"
+                    )
+                check_classes(self.classes, train, "train")
+
+    def records(self, split: str) -> list[FundusRecord]:
+        return [record for _, record in self.dm.splits[split]]
+
+    def features(self, split: str, text: bool) -> Features:
+        pooled = "probe" in self.tasks and self.cfg.probe.features == "pooled"
+        logger.info("encoding the %s split (%d records)", split, len(self.records(split)))
+        return extract_features(
+            self.encoder,
+            self.dm.eval_dataloader(split),
+            self.records(split),
+            pooled=pooled,
+            text=text,
+        )
+
+    def targets(self, feats: Features) -> np.ndarray:
+        index = {category_key(c): i for i, c in enumerate(self.classes)}
+        return np.array(
+            [
+                index.get(category_key(r.categories[0]), -1) if r.categories else -1
+                for r in feats.records
+            ],
+            dtype=np.int64,
+        )
+
+    # -- tasks -------------------------------------------------------------------------------
+    def prototypes(self) -> torch.Tensor:
+        from fundus_lit.eval.zeroshot import ZeroShot
+
+        p = self.cfg.zeroshot
+        zs = ZeroShot(self.classes, p.knowledge, p.renormalize, p.template)
+        device = self.encoder.logit_scale.device
+        protos = zs.prototypes(
+            self.encoder, self.dm.collate.tokenizer, self.hp["text"]["max_length"]
+        )
+        return protos.to(device).float().cpu()
+
+    def confusion(self, name: str, logits, targets: np.ndarray, title: str) -> None:
+        preds = np.asarray(torch.as_tensor(logits).argmax(dim=1))
+        cm = confusion_matrix(preds, targets, len(self.classes))
+        self.figures[name] = confusion_figure(cm, self.classes, title)
+
+    def run_zeroshot(self, test: Features, protos: torch.Tensor) -> dict:
+        from fundus_lit.eval.metrics import classification_metrics
+
+        y = self.targets(test)
+        known = y >= 0
+        logits = self.encoder.scale().detach().cpu() * test.image_emb[known] @ protos.t()
+        labels = torch.from_numpy(y[known])
+        result: dict = classification_metrics(logits, labels)
+        preds = logits.argmax(dim=1)
+        result["per_class_recall"] = {
+            c: float((preds[labels == k] == k).float().mean()) if (labels == k).any() else None
+            for k, c in enumerate(self.classes)
+        }
+        result |= {"n": int(known.sum()), "skipped": int((~known).sum()), "classes": self.classes}
+        self.confusion("zeroshot", logits, y[known], f"zero-shot ({self.split})")
+        return result
+
+    def run_probe(self, train: Features, test: Features) -> dict:
+        from fundus_lit.eval.probe import linear_probe
+
+        cfg = self.cfg.probe
+        pick = (lambda f: f.pooled) if cfg.features == "pooled" else (lambda f: f.image_emb)
+        ytr, yte = self.targets(train), self.targets(test)
+        xtr, xte = pick(train)[ytr >= 0].numpy(), pick(test)[yte >= 0].numpy()
+        ytr, yte = ytr[ytr >= 0], yte[yte >= 0]
+        result = linear_probe(xtr, ytr, xte, yte, len(self.classes), cfg)
+        summary = dict(result.summary)
+        if result.logits:
+            largest = max(result.logits, key=lambda s: summary[s]["n_train"])
+            self.confusion("probe", result.logits[largest], yte, f"linear probe, {largest}")
+        summary |= {"features": cfg.features, "n_test": len(yte), "classes": self.classes}
+        return summary
+
+    def run_fewshot(self, train: Features, test: Features, protos: torch.Tensor) -> dict:
+        from fundus_lit.eval.fewshot import fewshot_eval
+
+        ytr, yte = self.targets(train), self.targets(test)
+        result = fewshot_eval(
+            train.image_emb[ytr >= 0],
+            ytr[ytr >= 0],
+            test.image_emb[yte >= 0],
+            yte[yte >= 0],
+            protos,
+            float(self.encoder.scale().detach()),
+            self.cfg.fewshot,
+        )
+        for method, logits in result.logits.items():
+            self.confusion(f"fewshot_{method}", logits, yte[yte >= 0], f"few-shot {method}")
+        return dict(result.summary)
+
+    def run_retrieval(self, test: Features, train: Features | None) -> dict:
+        from fundus_lit.eval.retrieval_tasks import case_retrieval, pair_retrieval
+
+        cfg = self.cfg.retrieval
+        result: dict = {}
+        if {"i2t", "t2i"} & set(cfg.tasks):
+            result |= pair_retrieval(
+                test.image_emb, test.text_emb, test.texts, cfg.ks, cfg.tasks, cfg.device
+            )
+        if "i2i" in cfg.tasks:
+            cats = [r.categories for r in test.records]
+            if train is not None:
+                gallery = [r.categories for r in train.records]
+                r = case_retrieval(
+                    test.image_emb,
+                    cats,
+                    train.image_emb,
+                    gallery,
+                    cfg.ks,
+                    cfg.case_relevance,
+                    cfg.device,
+                )
+                r["gallery_split"] = "train"
+            else:
+                r = case_retrieval(
+                    test.image_emb, cats, None, None, cfg.ks, cfg.case_relevance, cfg.device
+                )
+                r["gallery_split"] = f"{self.split} (leave-one-out)"
+            result["i2i"] = r
+        return result
+
+    def run(self) -> dict[str, dict]:
+        self.validate()
+        retrieval = "retrieval" in self.tasks
+        text = retrieval and bool({"i2t", "t2i"} & set(self.cfg.retrieval.tasks))
+        test = self.features(self.split, text=text)
+        train = None
+        if self.needs_train() and self.records("train") and self.split != "train":
+            train = self.features("train", text=False)
+        protos = None
+        if "zeroshot" in self.tasks or "fewshot" in self.tasks:
+            protos = self.prototypes()
+        results: dict[str, dict] = {}
+        if "zeroshot" in self.tasks:
+            results["zeroshot"] = self.run_zeroshot(test, protos)
+        if "probe" in self.tasks:
+            results["probe"] = self.run_probe(train, test)
+        if "fewshot" in self.tasks:
+            results["fewshot"] = self.run_fewshot(train, test, protos)
+        if retrieval:
+            results["retrieval"] = self.run_retrieval(test, train)
+        return results
+
+    # -- outputs -----------------------------------------------------------------------------
+    def write(self, results: dict[str, dict]) -> None:
+        tag = f"_{self.cfg.tag}" if self.cfg.tag else ""
+        sections = {f"{task}{tag}": result for task, result in results.items()}
+        self.out.mkdir(parents=True, exist_ok=True)
+        json_path = self.out / "eval.json"
+        update_json(json_path, sections)
+        title = f"fundus-lit evaluate: {self.ckpt.name}, {self.split} split{tag.replace('_', ' ')}"
+        report = markdown(results, title)
+        md_path = self.out / f"eval{tag}.md"
+        md_path.write_text(report + "\n")
+        step = int(
+            torch.load(self.ckpt, map_location="cpu", weights_only=True).get("global_step", 0)
+        )
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(self.out))
+        for section, result in sections.items():
+            for name, value in scalars(result, f"eval/{section}"):
+                writer.add_scalar(name, value, step)
+        for name, fig in self.figures.items():
+            fig.savefig(self.out / f"confusion_{name}{tag}.png", dpi=110)
+            writer.add_figure(f"eval/confusion/{name}{tag}", fig, step)
+        writer.close()
+        print(report)
+        print(f"wrote {json_path}, {md_path}, TensorBoard scalars in {self.out}")
+
+
+def run_evaluate(parser, cfg) -> dict[str, dict]:
+    evaluation = Evaluation(parser, cfg)
+    results = evaluation.run()
+    evaluation.write(results)
+    return results

@@ -1,0 +1,221 @@
+"""The evaluation verbs end to end on a tiny trained checkpoint: evaluate (every task, FLAIR CSV
+and image-folder data), index/search, and the bad-input messages."""
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from fundus_lit.cli import cli_main, main
+from fundus_lit.data import FlairCSVSource, ImageFolderSource
+from fundus_lit.data.errors import DataError
+from fundus_lit.eval.casesearch import load_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """48 synthetic images written as FLAIR CSVs (two sites) and a checkpoint trained 2 steps."""
+    root = tmp_path_factory.mktemp("evaldata")
+    main(["synth", "--out", str(root), "--n", "48", "--size", "72", "--sites", "2", "--seed", "3"])
+    csvs = sorted(root.glob("*.csv"))
+    train = [{"class_path": "fundus_lit.data.FlairCSVSource", "init_args": {"csv": str(csvs[0])}}]
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={ROOT / 'recipes' / 'clip.yaml'}",
+            f"--config={ROOT / 'recipes' / 'overlays' / 'tiny.yaml'}",
+            f"--trainer.default_root_dir={root}",
+            f"--trainer.logger.init_args.save_dir={root / 'runs'}",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            f"--data.init_args.train={json.dumps(train)}",
+            "--data.init_args.val=null",
+            "--data.init_args.batch_size=8",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.image_size=64",
+            "--model.init_args.vision.name=test_resnet",
+        ]
+    )
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    return root, csvs, ckpt
+
+
+def first_categories(csv: Path) -> Counter:
+    return Counter(r.categories[0] for r in FlairCSVSource(str(csv)).load() if r.categories)
+
+
+def eval_config(path: Path, train: list, test: list, classes: list[str]) -> Path:
+    config = {
+        "data": {
+            "class_path": "fundus_lit.FundusDataModule",
+            "init_args": {"train": train, "test": test, "num_workers": 0, "batch_size": 8},
+        },
+        "classes": classes,
+        "probe": {"shots": [1, 2], "fractions": [0.5, 1.0], "seeds": 2},
+        "fewshot": {"shots": [1, 2], "seeds": 2, "clip_adapter_epochs": 20, "tip_f_epochs": 5},
+        "retrieval": {"ks": [1, 5]},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def csv_source(csv: Path) -> dict:
+    return {"class_path": "fundus_lit.data.FlairCSVSource", "init_args": {"csv": str(csv)}}
+
+
+def shared_classes(csvs: list[Path], n: int = 3) -> list[str]:
+    a, b = first_categories(csvs[0]), first_categories(csvs[1])
+    return [c for c, _ in (a & b).most_common(n)]
+
+
+def test_evaluate_writes_every_output(trained, tmp_path, capsys):
+    root, csvs, ckpt = trained
+    classes = shared_classes(csvs)
+    train, test = [csv_source(csvs[0])], [csv_source(csvs[1])]
+    config = eval_config(tmp_path / "eval.yaml", train, test, classes)
+    out = tmp_path / "out"
+    main(["evaluate", f"--ckpt={ckpt}", f"--config={config}", f"--out={out}"])
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report) == {"zeroshot", "probe", "fewshot", "retrieval"}
+    assert report["zeroshot"]["classes"] == classes
+    probe = report["probe"]
+    assert {"1-shot", "2-shot", "50%", "100%"} <= set(probe)
+    assert probe["100%"]["seeds"] == 1 and probe["1-shot"]["seeds"] == 2
+    assert 0.0 <= probe["1-shot"]["aca"]["mean"] <= 1.0
+    assert {"clip_adapter", "tip_adapter", "tip_adapter_f"} <= set(report["fewshot"])
+    retrieval = report["retrieval"]
+    assert {"i2t", "t2i", "i2i"} == set(retrieval)
+    assert retrieval["i2i"]["gallery_split"] == "train"
+    for task in retrieval.values():
+        assert 0.0 <= task["R@1"] <= task["R@5"] <= 1.0 and "mAP@5" in task
+    markdown = (out / "eval.md").read_text()
+    assert "### linear probe" in markdown and "| i2i |" in markdown
+    assert (out / "confusion_zeroshot.png").is_file() and (out / "confusion_probe.png").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/zeroshot/aca", "eval/probe/100%/aca", "eval/retrieval/i2i/mAP@5"} <= tags
+    assert "| aca |" in capsys.readouterr().out.replace("setting | aca", "| aca |")
+
+
+def test_evaluate_image_folders_and_tags(trained, tmp_path):
+    """One folder per class, folder names mapped to class names; the run's sections carry the
+    tag so a second evaluation does not overwrite the first."""
+    root, csvs, ckpt = trained
+    classes = shared_classes(csvs, 2)
+    for split, csv in (("train", csvs[0]), ("test", csvs[1])):
+        for k, record in enumerate(FlairCSVSource(str(csv)).load()):
+            if record.categories and record.categories[0] in classes:
+                folder = tmp_path / split / f"grade{classes.index(record.categories[0])}"
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy(csv.parent / record.image, folder / f"{k}.png")
+    names = {f"grade{i}": c for i, c in enumerate(classes)}
+    sources = {
+        split: [
+            {
+                "class_path": "fundus_lit.data.ImageFolderSource",
+                "init_args": {"root": str(tmp_path / split), "names": names},
+            }
+        ]
+        for split in ("train", "test")
+    }
+    config = eval_config(tmp_path / "eval.yaml", sources["train"], sources["test"], classes)
+    out = tmp_path / "out"
+    args = [f"--ckpt={ckpt}", f"--config={config}", f"--out={out}", "--tasks=probe,retrieval"]
+    main(["evaluate", *args, "--tag=folders"])
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report) == {"probe_folders", "retrieval_folders"}
+    n_test = sum(1 for _ in (tmp_path / "test").rglob("*.png"))
+    assert report["probe_folders"]["n_test"] == n_test
+    assert (out / "eval_folders.md").is_file()
+
+
+def test_image_folder_source_records_and_errors(tmp_path):
+    for folder in ("0", "1"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.png")
+    (tmp_path / "1" / "notes.txt").write_text("not an image")
+    records = ImageFolderSource(str(tmp_path), names={"0": "normal"}).load()
+    assert [r.categories for r in records] == [("normal",), ("1",)]
+    assert records[0].dataset == tmp_path.name and records[1].image == "1/a.png"
+    with pytest.raises(DataError, match=r"folder\(s\) \['2'\] that do not exist"):
+        ImageFolderSource(str(tmp_path), names={"2": "glaucoma"}).load()
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderSource(str(tmp_path / "nope")).load()
+
+
+def test_absent_class_is_reported_before_any_feature(trained, tmp_path, capsys, monkeypatch):
+    root, csvs, ckpt = trained
+    classes = [*shared_classes(csvs, 2), "macular hole"]
+    train, test = [csv_source(csvs[0])], [csv_source(csvs[1])]
+    config = eval_config(tmp_path / "eval.yaml", train, test, classes)
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features were computed before the class check")
+
+    monkeypatch.setattr("fundus_lit.eval.evaluate.extract_features", no_features)
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", f"--ckpt={ckpt}", f"--config={config}", f"--out={tmp_path}"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "['macular hole']" in err and "test split" in err
+
+
+def test_mismatched_checkpoint_names_the_keys(trained, tmp_path, capsys):
+    root, csvs, ckpt = trained
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    weights = state["state_dict"]
+    dropped = next(k for k in weights if k.startswith("encoder.image_proj"))
+    del weights[dropped]
+    weights["encoder.vision.extra_head.weight"] = torch.zeros(2)
+    bad = tmp_path / "bad.ckpt"
+    torch.save(state, bad)
+    config = eval_config(tmp_path / "eval.yaml", [], [csv_source(csvs[1])], shared_classes(csvs, 2))
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", f"--ckpt={bad}", f"--config={config}", "--tasks=zeroshot"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "1 missing keys: " + dropped.removeprefix("encoder.") in err
+    assert "1 unexpected keys: vision.extra_head.weight" in err
+
+
+def test_index_and_search_round_trip(trained, tmp_path, capsys):
+    root, csvs, ckpt = trained
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "class_path": "fundus_lit.FundusDataModule",
+                    "init_args": {"test": [csv_source(c) for c in csvs], "num_workers": 0},
+                }
+            }
+        )
+    )
+    index_dir = tmp_path / "index"
+    main(["index", f"--ckpt={ckpt}", f"--config={config}", f"--out={index_dir}"])
+    case_index = load_index(index_dir)
+    assert len(case_index) == 48 == case_index.index.ntotal
+    assert case_index.meta["ckpt"] == str(ckpt.resolve())
+    query = case_index.records[5]
+    capsys.readouterr()
+    grid = tmp_path / "grid.png"
+    main(["search", f"--index={index_dir}", f"--image={query['path']}", "--k=4", f"--grid={grid}"])
+    lines = capsys.readouterr().out.splitlines()
+    hits = [line for line in lines if line.strip()[:1].isdigit()]
+    assert len(hits) == 4
+    rank, score = hits[0].split()[:2]
+    assert rank == "1" and float(score) > 0.999  # the query itself is indexed
+    assert query["path"] in hits[0]
+    assert Image.open(grid).size[0] > 4 * 160
+    with pytest.raises(SystemExit) as stop:
+        main(["search", f"--index={tmp_path}", f"--image={query['path']}"])
+    assert stop.value.code == 2 and "not a fundus-lit case index" in capsys.readouterr().err
