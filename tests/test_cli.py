@@ -60,6 +60,8 @@ def test_synth_then_fit_then_validate_and_predict(synth_root, tmp_path, capsys):
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["data"]["init_args"]["train"][0]["init_args"]["csv"] == str(csvs[0])
     assert saved["model"]["init_args"]["vision"]["name"] == "test_resnet"
+    logged = fit.trainer.callback_metrics  # the tiny overlay's evaluation callbacks ran
+    assert {"val/zeroshot/aca", "val/retrieval/i2t/R@1", "val/retrieval/t2i/mAP@10"} <= set(logged)
     ckpt = Path(fit.trainer.checkpoint_callback.last_model_path)
     assert ckpt.name == "last.ckpt" and ckpt.is_file()
     assert Path(fit.trainer.checkpoint_callback.best_model_path).is_file()

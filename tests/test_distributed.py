@@ -118,3 +118,53 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, objective):
         own = weights[:3] if rank == 0 else weights[3:]
         torch.testing.assert_close(res["uneven_grad"], 2 * own)
         assert res["labels"][:, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+
+
+def _retrieval_rows(rank):
+    """Rank r's validation rows: uneven sizes (5 and 3), texts and categories repeating across
+    ranks, so cross-rank matches decide the metrics."""
+    g = torch.Generator().manual_seed(10 + rank)
+    n = 5 if rank == 0 else 3
+    image = F.normalize(torch.randn(n, D, generator=g), dim=-1)
+    text = F.normalize(image + 0.3 * torch.randn(n, D, generator=g), dim=-1)
+    texts = [f"text {(i + rank) % 4}" for i in range(n)]
+    cats = [("a",) if (i + rank) % 2 else ("b", "c") for i in range(n)]
+    return image, text, texts, cats
+
+
+def _retrieval_worker(rank, world, port, out_dir):
+    from fundus_lit.callbacks import RetrievalEvaluation
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        image, text, texts, cats = _retrieval_rows(rank)
+        callback = RetrievalEvaluation(ks=[1, 2])
+        trainer = SimpleNamespace(
+            sanity_checking=False, current_epoch=0, world_size=world, global_rank=rank
+        )
+        module = SimpleNamespace(log=lambda *args, **kwargs: None)
+        callback.on_validation_epoch_start(trainer, module)
+        outputs = {"image_emb": image, "text_emb": text}
+        batch = SimpleNamespace(texts=texts, record_categories=cats)
+        callback.on_validation_batch_end(trainer, module, outputs, batch, 0)
+        callback.on_validation_epoch_end(trainer, module)
+        torch.save(callback.last, os.path.join(out_dir, f"retrieval{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_retrieval_callback_gathers_every_rank(tmp_path):
+    from fundus_lit.eval.retrieval_tasks import case_retrieval, pair_retrieval
+
+    mp.spawn(_retrieval_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rows = [_retrieval_rows(rank) for rank in range(2)]
+    image = torch.cat([r[0] for r in rows])
+    text = torch.cat([r[1] for r in rows])
+    texts = [t for r in rows for t in r[2]]
+    cats = [c for r in rows for c in r[3]]
+    expected = pair_retrieval(image, text, texts, [1, 2]) | {
+        "i2i": case_retrieval(image, cats, ks=[1, 2])
+    }
+    assert torch.load(tmp_path / "retrieval0.pt") == expected
+    assert expected["i2i"]["queries"] == 8 and torch.load(tmp_path / "retrieval1.pt") is None
