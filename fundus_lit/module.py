@@ -112,6 +112,19 @@ class PretrainModule(L.LightningModule):
         for key, value in images.items():
             experiment.add_images(f"{prefix}/{key}", value, self.global_step)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the missing, unexpected and mis-shaped keys when ``--ckpt_path`` was written by a
+        different recipe than the config's, before Lightning's strict load lists them all."""
+        if "state_dict" in checkpoint:
+            from fundus_lit.eval.loading import check_keys
+
+            check_keys(
+                "the checkpoint",
+                "the model built from the config",
+                self.state_dict(),
+                checkpoint["state_dict"],
+            )
+
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._step_started is not None:

@@ -219,3 +219,19 @@ def test_index_and_search_round_trip(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["search", f"--index={tmp_path}", f"--image={query['path']}"])
     assert stop.value.code == 2 and "not a fundus-lit case index" in capsys.readouterr().err
+
+
+def test_module_names_keys_of_a_checkpoint_from_another_model(trained):
+    """LightningCLI rebuilds the model from the checkpoint's hyper-parameters; a module built any
+    other way (a script, another recipe) gets the key report instead of PyTorch's dump."""
+    from fundus_lit.module import PretrainModule
+
+    root, csvs, ckpt = trained
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = dict(state["hyper_parameters"]) | {"embed_dim": 48}
+    module = PretrainModule(**{k: v for k, v in hp.items() if not k.startswith("_")})
+    with pytest.raises(DataError) as err:
+        module.on_load_checkpoint(state)
+    message = str(err.value)
+    assert "does not match the model built from the config" in message
+    assert "encoder.image_proj.weight: checkpoint (128, " in message and "vs model (48, " in message

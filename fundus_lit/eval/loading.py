@@ -33,14 +33,19 @@ def load_encoder(path: str | Path) -> tuple[DualEncoder, dict]:
     )
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    check_keys(path, encoder.state_dict(), state)
+    check_keys(
+        f"checkpoint {path}",
+        "the encoder its hyper-parameters describe",
+        encoder.state_dict(),
+        state,
+    )
     encoder.load_state_dict(state)
     encoder.eval()
     return encoder, hp
 
 
-def check_keys(path: Path, expected: dict, found: dict, shown: int = 8) -> None:
-    """Refuse a checkpoint whose weights do not fit the encoder its own config describes.
+def check_keys(source: str, target: str, expected: dict, found: dict, shown: int = 8) -> None:
+    """Refuse weights (``source``) that do not fit the model built from a config (``target``).
 
     PyTorch's message lists hundreds of keys in one line; this one names the first few missing
     and unexpected keys and the shape mismatches, which is what tells a user which tower differs.
@@ -54,7 +59,7 @@ def check_keys(path: Path, expected: dict, found: dict, shown: int = 8) -> None:
     ]
     if not (missing or unexpected or shapes):
         return
-    parts = [f"checkpoint {path} does not match the encoder its hyper-parameters describe:"]
+    parts = [f"{source} does not match {target}:"]
     for title, keys in (
         ("missing keys", missing),
         ("unexpected keys", unexpected),
