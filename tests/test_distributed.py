@@ -17,11 +17,17 @@ from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.distributed import gather_no_grad, gather_with_grad
 from fundus_lit.objectives.flair import FLAIRObjective
+from fundus_lit.objectives.wsc import WSCObjective
 
 B, DIM_I, DIM_T, D = 12, 6, 5, 4
 # categories shared across the two ranks' halves, spelled differently, and the empty category
 CATEGORIES = ["a", "b", "A.", "c", "", "b", "a", "", "d", "c", "a-b", "a b"]
-OBJECTIVES = {"clip": CLIPObjective, "flair": FLAIRObjective}
+LABELS = (torch.arange(B * 3).reshape(B, 3) % 4 == 0).float()  # multi-hot, some rows empty
+OBJECTIVES = {
+    "clip": CLIPObjective,
+    "flair": FLAIRObjective,
+    "wsc": lambda: WSCObjective(momentum=None),  # no momentum, no queue: gathered like CLIP
+}
 
 
 class Toy(nn.Module):
@@ -48,7 +54,7 @@ def data():
 
 
 def loss_of(objective, outputs, rows):
-    batch = SimpleNamespace(categories=CATEGORIES[rows])
+    batch = SimpleNamespace(categories=CATEGORIES[rows], labels=LABELS[rows])
     return OBJECTIVES[objective]()(outputs, batch).losses["loss"]
 
 
@@ -168,3 +174,52 @@ def test_retrieval_callback_gathers_every_rank(tmp_path):
     }
     assert torch.load(tmp_path / "retrieval0.pt") == expected
     assert expected["i2i"]["queries"] == 8 and torch.load(tmp_path / "retrieval1.pt") is None
+
+
+class KeyToy(Toy):
+    """Toy with the encode_* methods a momentum copy is called through."""
+
+    embed_dim = D
+
+    def encode_image(self, images):
+        return {"emb": F.normalize(self.img(images), dim=-1)}
+
+    def encode_text(self, features, mask=None):
+        return {"emb": F.normalize(self.txt(features), dim=-1)}
+
+
+def _queue_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, t = data()
+        encoder = KeyToy()
+        objective = WSCObjective(momentum=0.9, queue_size=8)
+        objective.attach(encoder, 2)
+        rows = slice(2 * rank, 2 * rank + 2)
+        batch = SimpleNamespace(
+            images=x[rows], input_ids=t[rows], attention_mask=None, labels=LABELS[rows]
+        )
+        objective(encoder(x[rows], t[rows]), batch).losses["loss"].backward()
+        objective.after_optimizer_step(encoder)
+        torch.save(
+            {k: v for k, v in objective.state_dict().items() if "queue" in k},
+            os.path.join(out_dir, f"queue{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_holds_the_same_queue_after_a_step(tmp_path):
+    """Each rank enqueues the momentum keys gathered from all ranks, in rank order."""
+    mp.spawn(_queue_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    queues = [torch.load(tmp_path / f"queue{r}.pt") for r in range(2)]
+    for name in queues[0]:
+        torch.testing.assert_close(queues[0][name], queues[1][name], rtol=0, atol=0)
+    x, t = data()
+    keys = KeyToy()  # the momentum copy before its first EMA update = the initial encoder
+    with torch.no_grad():
+        torch.testing.assert_close(queues[0]["image_queue"][:4], keys.encode_image(x[:4])["emb"])
+        torch.testing.assert_close(queues[0]["text_queue"][:4], keys.encode_text(t[:4])["emb"])
+    assert torch.equal(queues[0]["label_queue"][:4], LABELS[:4])
+    assert int(queues[0]["queue_ptr"]) == 4 and int(queues[0]["queue_fill"]) == 4

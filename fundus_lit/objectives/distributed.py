@@ -73,3 +73,11 @@ def gather_no_grad(x: Tensor) -> Tensor:
         return x
     with torch.no_grad():
         return _all_gather_padded(x.detach(), _sizes(x.shape[0], x.device))
+
+
+def rank_offset(n: int, device: torch.device) -> int:
+    """This rank's first row in a batch gathered from every rank (``n`` rows here)."""
+    rank, size = world()
+    if size == 1:
+        return 0
+    return sum(_sizes(n, device)[:rank])

@@ -101,3 +101,85 @@ def flair_loss(
     ids = category_ids(categories, image_emb.device)
     targets = category_targets(ids, ids).to(image_emb.dtype)
     return soft_clip_loss(image_emb, text_emb, text_emb, image_emb, scale, targets)
+
+
+def label_similarity(rows: Tensor, cols: Tensor) -> Tensor:
+    """``A_ij = cos(y_i, y_j)`` of multi-hot label vectors (spec section 3).
+
+    Two empty label sets count as identical (1) and an empty set against a non-empty one as
+    unrelated (0): reports without findings are alike, and unlike any with findings.
+    """
+    rows, cols = rows.float(), cols.float()
+    rn, cn = rows.norm(dim=1), cols.norm(dim=1)
+    sim = (rows @ cols.t()) / (rn[:, None] * cn[None, :]).clamp_min(1e-12)
+    both_empty = (rn[:, None] == 0) & (cn[None, :] == 0)
+    return torch.where(both_empty, torch.ones_like(sim), sim)
+
+
+def wsc_weights(
+    similarity: Tensor, positives: Tensor, gamma: float = 1.0, fn_threshold: float = 1.0
+) -> Tensor:
+    """Negative weights ``w_ij``: ``(1 - A_ij) ** gamma`` (close pairs pushed apart slowly), 0 for
+    false negatives (``A_ij >= fn_threshold``), 1 at each row's positive column ``positives[i]``."""
+    weights = (1.0 - similarity).clamp_min(0.0).pow(gamma)
+    weights = weights.masked_fill(similarity >= fn_threshold, 0.0)
+    return weights.scatter(1, positives[:, None], 1.0)
+
+
+def wsc_direction(
+    queries: Tensor,
+    keys: Tensor,
+    scale: Tensor | float,
+    query_labels: Tensor,
+    key_labels: Tensor,
+    *,
+    gamma: float = 1.0,
+    fn_threshold: float = 1.0,
+    offset: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of the WSC loss: mean ``L_i`` over the queries, the number of negatives
+    removed as false negatives and the mean weight of the kept negatives (for logging).
+
+    Query ``i``'s positive is key ``offset + i`` (its rank's slice of the gathered batch).
+    """
+    logits = scale * queries @ keys.t()
+    positives = torch.arange(len(queries), device=queries.device) + offset
+    similarity = label_similarity(query_labels, key_labels)
+    weights = wsc_weights(similarity, positives, gamma, fn_threshold)
+    positive_logit = logits.gather(1, positives[:, None]).squeeze(1)
+    loss = (torch.logsumexp(logits + weights.log(), dim=1) - positive_logit).mean()
+    negative = torch.ones_like(weights, dtype=torch.bool).scatter(1, positives[:, None], False)
+    removed = ((weights == 0) & negative).sum()
+    kept = (weights > 0) & negative
+    mean_weight = weights[kept].mean() if kept.any() else weights.new_zeros(())
+    return loss, removed.detach(), mean_weight.detach()
+
+
+def wsc_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    scale: Tensor | float,
+    labels: Tensor,
+    *,
+    image_keys: Tensor | None = None,
+    text_keys: Tensor | None = None,
+    key_labels: Tensor | None = None,
+    gamma: float = 1.0,
+    fn_threshold: float = 1.0,
+) -> Tensor:
+    """Weighted similarity coupling (spec section 3, the formulation this project defines):
+    ``L_i = -log(exp(l_ii) / sum_j w_ij exp(l_ij))``, image queries against text keys and text
+    queries against image keys, averaged.
+
+    Keys are ``(B + K, D)``: the B positives of the B queries first, then the queue; ``None``
+    means the other modality's batch embeddings (no queue). ``key_labels`` ``(B + K, C)``
+    default to ``labels``. With ``gamma = 0`` and ``fn_threshold > 1`` every weight is 1 and the
+    loss is CLIP's.
+    """
+    text_keys = text_emb if text_keys is None else text_keys
+    image_keys = image_emb if image_keys is None else image_keys
+    key_labels = labels if key_labels is None else key_labels
+    opts = {"gamma": gamma, "fn_threshold": fn_threshold}
+    i2t = wsc_direction(image_emb, text_keys, scale, labels, key_labels, **opts)[0]
+    t2i = wsc_direction(text_emb, image_keys, scale, labels, key_labels, **opts)[0]
+    return (i2t + t2i) / 2

@@ -1,0 +1,187 @@
+"""ViLReF-style weighted similarity coupling with momentum encoders and label-carrying queues.
+
+The published ViLReF code does not contain its loss; spec section 3 is the formulation this
+project defines and implements: label similarity slows the push between close pairs, identical
+label sets are removed as false negatives, and momentum keys from a FIFO queue stand in for them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from fundus_lit.data.batch import Batch
+from fundus_lit.models.outputs import ModelOutputs
+from fundus_lit.objectives.base import Objective, ObjectiveOutput
+from fundus_lit.objectives.distributed import gather_no_grad, gather_with_grad, rank_offset
+from fundus_lit.objectives.functional import wsc_direction
+
+if TYPE_CHECKING:
+    from fundus_lit.models.dual_encoder import DualEncoder
+
+_QUEUE_BUFFERS = ("image_queue", "text_queue", "label_queue")
+
+
+class WSCObjective(Objective):
+    """Weighted similarity coupling (spec section 3) over the global batch, optionally with an EMA
+    copy of both towers and heads and a FIFO queue of its keys with their label vectors.
+
+    Queue contents, pointer, fill and the momentum weights are part of the module's state, so
+    checkpoints save and restore them. The label width C is taken from the first batch; a
+    checkpoint restores the queue at the width it was saved with.
+
+    Args:
+        weight: Multiplier of this objective's loss in the recipe's sum.
+        name: Prefix of the logged values.
+        gamma: Exponent of the negative weights ``(1 - A_ij) ** gamma``; 0 weighs all equally.
+        fn_threshold: ``delta``: negatives with label similarity ``>= delta`` are removed as false
+            negatives; any value above 1 keeps them all.
+        momentum: EMA coefficient ``m`` of the key encoder; null computes keys with the online
+            encoder (with gradient) and allows no queue.
+        queue_size: ``K`` keys per modality kept from earlier steps (a multiple of the global
+            batch); 0 disables the queue.
+    """
+
+    default_name = "wsc"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        name: str | None = None,
+        gamma: float = 1.0,
+        fn_threshold: float = 1.0,
+        momentum: float | None = 0.995,
+        queue_size: int = 0,
+    ) -> None:
+        super().__init__(weight, name)
+        if momentum is not None and not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1) or null, got {momentum}")
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+        if queue_size and momentum is None:
+            raise ValueError("a queue holds momentum keys: set momentum when queue_size > 0")
+        self.gamma, self.fn_threshold = float(gamma), float(fn_threshold)
+        self.momentum, self.queue_size = momentum, int(queue_size)
+        self.momentum_encoder: nn.Module | None = None
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+        for buffer in _QUEUE_BUFFERS:
+            self.register_buffer(buffer, torch.zeros(0, 0))
+        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    # -- state -------------------------------------------------------------------------------
+    def attach(self, encoder: DualEncoder, batch_size: int) -> None:
+        if self.momentum is None:
+            return
+        self.momentum_encoder = copy.deepcopy(encoder)
+        for p in self.momentum_encoder.parameters():
+            p.requires_grad_(False)
+        self.momentum_encoder.eval()
+        if self.queue_size:
+            dim = encoder.embed_dim
+            self.image_queue = torch.zeros(self.queue_size, dim)
+            self.text_queue = torch.zeros(self.queue_size, dim)
+
+    def train(self, mode: bool = True) -> WSCObjective:
+        super().train(mode)
+        if self.momentum_encoder is not None:  # keys come from a fixed-statistics copy
+            self.momentum_encoder.eval()
+        return self
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # the label width is known only once data arrives: take the saved queue's shape
+        for buffer in _QUEUE_BUFFERS:
+            saved = state_dict.get(prefix + buffer)
+            if saved is not None and saved.shape != getattr(self, buffer).shape:
+                setattr(self, buffer, torch.zeros_like(saved, device=getattr(self, buffer).device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # -- loss --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _momentum_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        assert self.momentum_encoder is not None
+        image = self.momentum_encoder.encode_image(batch.images)["emb"].float()
+        text = self.momentum_encoder.encode_text(batch.input_ids, batch.attention_mask)["emb"]
+        return gather_no_grad(image), gather_no_grad(text.float())
+
+    def _queued(self, like: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The filled part of the queue (nothing before the first enqueue)."""
+        n = int(self.queue_fill) if self.label_queue.shape[0] else 0
+        if n == 0:
+            return like[:0], like[:0], labels[:0]
+        return (
+            self.image_queue[:n].to(like),
+            self.text_queue[:n].to(like),
+            self.label_queue[:n].to(labels),
+        )
+
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> ObjectiveOutput:
+        assert outputs.text_emb is not None, "WSCObjective needs text embeddings"
+        if batch.labels is None:
+            raise ValueError(
+                "WSCObjective needs per-sample label vectors: use report data (ReportCSVSource, "
+                "SyntheticSource with reports: true) so every batch has labels"
+            )
+        labels = batch.labels.float()
+        all_labels = gather_no_grad(labels)
+        if self.momentum_encoder is None:
+            image_keys, offset = gather_with_grad(outputs.image_emb)
+            text_keys, _ = gather_with_grad(outputs.text_emb)
+            key_labels = all_labels
+        else:
+            offset = rank_offset(labels.shape[0], labels.device)
+            m_image, m_text = self._momentum_keys(batch)
+            q_image, q_text, q_labels = self._queued(m_image, all_labels)
+            image_keys = torch.cat([m_image, q_image])
+            text_keys = torch.cat([m_text, q_text])
+            key_labels = torch.cat([all_labels, q_labels])
+            if self.training and self.queue_size:
+                self._pending.append((m_image, m_text, all_labels))
+        opts = {"gamma": self.gamma, "fn_threshold": self.fn_threshold, "offset": offset}
+        scale = outputs.scale
+        i2t, removed_i, weight_i = wsc_direction(
+            outputs.image_emb, text_keys, scale, labels, key_labels, **opts
+        )
+        t2i, removed_t, weight_t = wsc_direction(
+            outputs.text_emb, image_keys, scale, labels, key_labels, **opts
+        )
+        scalars: dict[str, Tensor | float] = {
+            "false_negatives": (removed_i + removed_t).float() / 2,
+            "negative_weight": (weight_i + weight_t) / 2,
+        }
+        if self.queue_size:
+            scalars["queue_fill"] = self.queue_fill.float() / self.queue_size
+        return ObjectiveOutput(losses={"loss": (i2t + t2i) / 2}, scalars=scalars)
+
+    # -- after the optimiser step ------------------------------------------------------------
+    @torch.no_grad()
+    def after_optimizer_step(self, encoder: DualEncoder) -> None:
+        if self.momentum_encoder is None or self.momentum is None:
+            return
+        m = self.momentum
+        for key_param, param in zip(self.momentum_encoder.parameters(), encoder.parameters()):
+            key_param.mul_(m).add_(param.detach(), alpha=1.0 - m)
+        for key_buffer, buffer in zip(self.momentum_encoder.buffers(), encoder.buffers()):
+            key_buffer.copy_(buffer)  # normalisation statistics follow the online encoder
+        for image, text, labels in self._pending:
+            self._enqueue(image, text, labels)
+        self._pending.clear()
+
+    def _enqueue(self, image: Tensor, text: Tensor, labels: Tensor) -> None:
+        n = image.shape[0]
+        if self.queue_size % n:
+            raise ValueError(
+                f"queue_size {self.queue_size} must be a multiple of the global batch ({n} keys "
+                "per step): pick queue_size = k * batch_size * devices"
+            )
+        if self.label_queue.shape != (self.queue_size, labels.shape[1]):
+            self.label_queue = labels.new_zeros(self.queue_size, labels.shape[1])
+        ptr = int(self.queue_ptr)
+        self.image_queue[ptr : ptr + n] = image.to(self.image_queue)
+        self.text_queue[ptr : ptr + n] = text.to(self.text_queue)
+        self.label_queue[ptr : ptr + n] = labels.to(self.label_queue)
+        self.queue_ptr.fill_((ptr + n) % self.queue_size)
+        self.queue_fill.fill_(min(int(self.queue_fill) + n, self.queue_size))

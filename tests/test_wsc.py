@@ -1,0 +1,168 @@
+"""WSC (ViLReF, spec section 3): reference numbers, the CLIP invariant, momentum keys and queue
+without gradient, FIFO queue contents, and an exact checkpoint round trip."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fundus_lit.models.outputs import ModelOutputs
+from fundus_lit.objectives.functional import clip_loss, label_similarity, wsc_loss
+from fundus_lit.objectives.wsc import WSCObjective
+
+U = torch.tensor([(1, 0), (0.6, 0.8), (0.28, 0.96), (-0.8, 0.6)], dtype=torch.float64)
+V = torch.tensor([(0.96, 0.28), (0.8, 0.6), (0, 1), (-0.6, -0.8)], dtype=torch.float64)
+S = 1 / 0.07
+E = torch.eye(3, dtype=torch.float64)
+
+
+def test_reference_values():
+    one_hot = torch.stack([E[0], E[1], E[0], E[2]])
+    assert wsc_loss(U, V, S, one_hot).item() == pytest.approx(1.166854, abs=1e-6)
+    multi = torch.stack([E[0] + E[1], E[1], E[0], E[2]])
+    assert wsc_loss(U, V, S, multi).item() == pytest.approx(1.134738, abs=1e-6)
+
+
+def test_label_similarity_treats_empty_sets():
+    y = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    a = label_similarity(y, y)
+    assert a[0, 1] == 1 and a[0, 2] == 0 and a[2, 3] == pytest.approx(2**-0.5)
+
+
+def test_gamma0_without_removal_is_clip_in_value_and_gradient():
+    labels = torch.stack([E[0], E[1], E[0], E[2]])
+    u1, v1 = U.clone().requires_grad_(), V.clone().requires_grad_()
+    u2, v2 = U.clone().requires_grad_(), V.clone().requires_grad_()
+    a = wsc_loss(u1, v1, S, labels, gamma=0.0, fn_threshold=1.5)
+    b = clip_loss(u2, v2, S)
+    a.backward()
+    b.backward()
+    assert a.item() == pytest.approx(b.item(), abs=1e-12)
+    assert torch.allclose(u1.grad, u2.grad) and torch.allclose(v1.grad, v2.grad)
+
+
+class ToyEncoder(nn.Module):
+    """Enough of a DualEncoder for the objective: two linear towers, embed_dim, a BN buffer."""
+
+    def __init__(self, dim_in=6, dim=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed_dim = dim
+        self.img = nn.Linear(dim_in, dim)
+        self.txt = nn.Embedding(20, dim)
+        self.norm = nn.BatchNorm1d(dim)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def encode_image(self, images):
+        return {"emb": F.normalize(self.norm(self.img(images)), dim=-1)}
+
+    def encode_text(self, ids, mask):
+        return {"emb": F.normalize(self.txt(ids).mean(dim=1), dim=-1)}
+
+    def forward(self, batch):
+        return ModelOutputs(
+            image_emb=self.encode_image(batch.images)["emb"],
+            text_emb=self.encode_text(batch.input_ids, batch.attention_mask)["emb"],
+            scale=self.logit_scale.exp(),
+        )
+
+
+def make_batch(step, b=4, c=3):
+    g = torch.Generator().manual_seed(100 + step)
+    labels = (torch.rand(b, c, generator=g) < 0.5).float()
+    return SimpleNamespace(
+        images=torch.randn(b, 6, generator=g),
+        input_ids=torch.randint(0, 20, (b, 5), generator=g),
+        attention_mask=torch.ones(b, 5, dtype=torch.long),
+        labels=labels,
+    )
+
+
+def train_steps(encoder, objective, steps, start=0):
+    opt = torch.optim.SGD(list(encoder.parameters()), lr=0.5)
+    losses = []
+    for step in range(start, start + steps):
+        batch = make_batch(step)
+        out = objective(encoder(batch), batch)
+        loss = out.losses["loss"]
+        opt.zero_grad()
+        loss.backward()
+        for p in objective.momentum_encoder.parameters():
+            assert p.grad is None  # no gradient reaches the momentum encoder
+        for buffer in (objective.image_queue, objective.text_queue, objective.label_queue):
+            assert not buffer.requires_grad  # nor the queue
+        opt.step()
+        objective.after_optimizer_step(encoder)
+        losses.append(loss.item())
+    return losses, out
+
+
+def test_queue_is_fifo_of_momentum_keys_with_labels():
+    encoder = ToyEncoder()
+    objective = WSCObjective(momentum=0.9, queue_size=8)
+    objective.attach(encoder, 4)
+    encoder.train()
+    objective.train()
+    _, out = train_steps(encoder, objective, 1)
+    assert int(objective.queue_fill) == 4 and int(objective.queue_ptr) == 4
+    assert torch.equal(objective.label_queue[:4], make_batch(0).labels)
+    assert out.scalars["queue_fill"] == 0.0  # logged before the step enqueued
+    train_steps(encoder, objective, 2, start=1)  # wraps around: the oldest keys go first
+    assert int(objective.queue_fill) == 8 and int(objective.queue_ptr) == 4
+    assert torch.equal(objective.label_queue[:4], make_batch(2).labels)
+    assert torch.equal(objective.label_queue[4:], make_batch(1).labels)
+    batch = make_batch(2)
+    with torch.no_grad():
+        keys = objective.momentum_encoder.encode_text(batch.input_ids, batch.attention_mask)
+    assert not torch.equal(objective.text_queue[:4], keys["emb"])  # EMA moved after enqueue
+
+
+def test_momentum_encoder_follows_the_online_encoder_by_ema():
+    encoder = ToyEncoder()
+    objective = WSCObjective(momentum=0.5)
+    objective.attach(encoder, 4)
+    before = objective.momentum_encoder.img.weight.clone()
+    train_steps(encoder, objective, 1)
+    expected = 0.5 * before + 0.5 * encoder.img.weight.detach()
+    assert torch.allclose(objective.momentum_encoder.img.weight, expected)
+    assert objective.momentum_encoder.training is False
+
+
+def test_checkpoint_round_trip_restores_queue_pointer_and_ema(tmp_path):
+    encoder = ToyEncoder()
+    objective = WSCObjective(momentum=0.9, queue_size=12)
+    objective.attach(encoder, 4)
+    train_steps(encoder, objective, 2)
+    state = {"encoder": encoder.state_dict(), "objective": objective.state_dict()}
+    torch.save(state, tmp_path / "ckpt.pt")
+    expected, _ = train_steps(encoder, objective, 1, start=2)
+
+    restored_encoder = ToyEncoder()
+    restored = WSCObjective(momentum=0.9, queue_size=12)
+    restored.attach(restored_encoder, 4)
+    loaded = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    restored_encoder.load_state_dict(loaded["encoder"])
+    restored.load_state_dict(loaded["objective"])
+    assert int(restored.queue_ptr) == 8 and int(restored.queue_fill) == 8
+    assert torch.equal(restored.label_queue, loaded["objective"]["label_queue"])
+    assert torch.equal(
+        restored.momentum_encoder.img.weight, loaded["objective"]["momentum_encoder.img.weight"]
+    )
+    again, _ = train_steps(restored_encoder, restored, 1, start=2)
+    assert again == expected
+
+
+def test_bad_configurations_and_missing_labels():
+    with pytest.raises(ValueError, match="set momentum when queue_size > 0"):
+        WSCObjective(momentum=None, queue_size=8)
+    encoder = ToyEncoder()
+    objective = WSCObjective(momentum=0.9, queue_size=6)
+    objective.attach(encoder, 4)
+    with pytest.raises(ValueError, match="multiple of the global batch"):
+        train_steps(encoder, objective, 1)
+    batch = make_batch(0)
+    batch.labels = None
+    with pytest.raises(ValueError, match="per-sample label vectors"):
+        WSCObjective(momentum=None)(encoder(batch), batch)
