@@ -1,0 +1,175 @@
+"""The report CSV reader: images with free-text reports, labelled as given or by the extractor.
+
+Layout (the spec's "Report datasets"): ``image,report[,labels]``; ``labels`` is a Python-literal
+list of label names. Other columns, an unnamed pandas index included, are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from fundus_lit.data.errors import DataError
+from fundus_lit.data.labels import LabelExtractor, multi_hot
+from fundus_lit.data.records import FundusRecord
+from fundus_lit.data.sources import Source, parse_list_cell, read_rgb
+from fundus_lit.knowledge import KnowledgeBase
+
+logger = logging.getLogger(__name__)
+
+_EXAMPLES = 3
+
+
+class ReportCSVSource(Source):
+    """Report data (ViLReF-style): one report per image, and a multi-hot label vector per record.
+
+    A non-empty ``labels`` cell is used as written; otherwise the labels come from the
+    rule-based :class:`~fundus_lit.data.labels.LabelExtractor`. The record's categories are its
+    labels by name, so category-based code (zero-shot, FLAIR targets, case retrieval) works on
+    report data too. Reports that give no label are kept (as all-zero vectors) and counted in one
+    warning per load, with examples, so a poor fit of the dictionary shows up before training.
+
+    Args:
+        csv: Path of the CSV file.
+        root: Data root the ``image`` paths are relative to; defaults to the CSV's folder. The
+            first component of each image path is the dataset name.
+        labels: Label vocabulary (dictionary names or aliases), in vector order; all categories
+            of the knowledge dictionary if None.
+        knowledge: Extra knowledge YAML files over the built-in dictionary.
+        uncertain: Whether uncertain findings of extracted reports count as positive labels.
+    """
+
+    def __init__(
+        self,
+        csv: str,
+        root: str | None = None,
+        labels: list[str] | None = None,
+        knowledge: list[str] | None = None,
+        uncertain: Literal["positive", "negative"] = "positive",
+    ) -> None:
+        self.csv = Path(csv).expanduser()
+        self.root = Path(root).expanduser() if root else self.csv.parent
+        self.labels = labels
+        self.knowledge = knowledge
+        self.uncertain = uncertain
+
+    def __repr__(self) -> str:
+        return f"ReportCSVSource(csv={str(self.csv)!r}, root={str(self.root)!r})"
+
+    def load(self) -> list[FundusRecord]:
+        if not self.csv.is_file():
+            raise DataError(f"CSV file {self.csv} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+        try:
+            extractor = LabelExtractor(self.labels, self.knowledge, self.uncertain)
+        except ValueError as err:  # unknown label name or bad knowledge file: a config error
+            raise DataError(f"labels of {self.csv}: {err}") from err
+        records: list[FundusRecord] = []
+        unlabelled: list[str] = []  # reports that gave no label ("" when empty)
+        dropped: dict[str, int] = {}
+        with self.csv.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            missing = sorted({"image", "report"} - set(columns))
+            if missing:
+                raise DataError(f"{self.csv}: missing column(s) {missing}; found {columns}")
+            end = reader.line_num
+            for row in reader:
+                where = f"{self.csv}, line {end + 1}"  # where a multi-line report starts
+                end = reader.line_num
+                record = self._record(row, where, extractor, dropped)
+                records.append(record)
+                if not record.categories:
+                    unlabelled.append(record.text or "")
+        self._log(len(records), unlabelled, dropped)
+        return records
+
+    def _record(
+        self, row: dict[str, str], where: str, extractor: LabelExtractor, dropped: dict[str, int]
+    ) -> FundusRecord:
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise DataError(f"{where}, column 'image': empty image path")
+        raw = row.get("report") or ""
+        report = " ".join(raw.split())  # line breaks end sentences: the extractor gets `raw`
+        cell = (row.get("labels") or "").strip()
+        if cell:
+            cell_names = parse_list_cell(cell, f"{where}, column 'labels'")
+            names = _canonical(cell_names, extractor.knowledge, where)
+            names, outside = _split(names, extractor.vocabulary)
+            for name in outside:
+                dropped[name] = dropped.get(name, 0) + 1
+        else:
+            vector = extractor.vector(extractor.extract(raw))
+            names = [n for n, v in zip(extractor.vocabulary, vector) if v]
+        parts = Path(image).parts
+        return FundusRecord(
+            image=image,
+            dataset=parts[0] if len(parts) > 1 else self.csv.stem,
+            categories=tuple(names),
+            text=report or None,
+            labels=multi_hot(names, extractor.vocabulary),
+            origin=where,
+        )
+
+    def _log(self, total: int, unlabelled: list[str], dropped: dict[str, int]) -> None:
+        if dropped:
+            logger.warning(
+                "%s: labels outside the label vocabulary were dropped: %s",
+                self.csv,
+                ", ".join(f"{name} ({n}x)" for name, n in sorted(dropped.items())),
+            )
+        if not unlabelled:
+            logger.info("%s: %d reports, every one with at least one label", self.csv, total)
+            return
+        empty = unlabelled.count("")
+        examples = "; ".join(repr(text[:80]) for text in [t for t in unlabelled if t][:_EXAMPLES])
+        logger.warning(
+            "%s: %d of %d reports have no label (%d of them empty); they are kept with an "
+            "all-zero label vector; e.g. %s",
+            self.csv,
+            len(unlabelled),
+            total,
+            empty,
+            examples,
+        )
+
+    def check(self, records: list[FundusRecord]) -> None:
+        missing = [r for r in records if not (self.root / r.image).is_file()]
+        if missing:
+            shown = "\n".join(f"  {self.root / r.image} ({r.origin})" for r in missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(
+                f"{len(missing)} of {len(records)} images listed in {self.csv} are missing:\n"
+                f"{shown}{more}"
+            )
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        return read_rgb(self.root / record.image, record.origin)
+
+
+def _canonical(names: tuple[str, ...], kb: KnowledgeBase, where: str) -> list[str]:
+    """Canonical names of a labels cell, in the order written (the first is the class of
+    single-label evaluations)."""
+    out: list[str] = []
+    for name in names:
+        cat = kb.get(name)
+        if cat is None:
+            raise DataError(
+                f"{where}, column 'labels': unknown label {name!r} "
+                "(not a category or alias of the knowledge dictionary)"
+            )
+        if cat.name not in out:
+            out.append(cat.name)
+    return out
+
+
+def _split(names: list[str], vocabulary: list[str]) -> tuple[list[str], list[str]]:
+    """(names in the vocabulary, names outside it): a restricted vocabulary keeps its columns."""
+    inside = set(vocabulary)
+    return [n for n in names if n in inside], [n for n in names if n not in inside]

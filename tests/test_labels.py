@@ -1,0 +1,233 @@
+"""Report labels: vocabulary, the rule-based extractor on hand-written reports, the report CSV
+reader and the ``fundus-lit labels`` verb."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fundus_lit.data.errors import DataError
+from fundus_lit.data.labels import Extraction, LabelExtractor, label_vocabulary, multi_hot
+from fundus_lit.data.reports import ReportCSVSource
+from fundus_lit.data.sources import parse_list_cell
+from fundus_lit.labels_cli import labels_command
+
+FIXTURE = Path(__file__).parent / "fixtures" / "reports.csv"
+with FIXTURE.open(newline="", encoding="utf-8") as _handle:
+    ROWS = [(row["report"], ast.literal_eval(row["expected"])) for row in csv.DictReader(_handle)]
+
+
+@pytest.fixture(scope="module")
+def extractor() -> LabelExtractor:
+    return LabelExtractor()
+
+
+def names_of(ex: LabelExtractor, report: str) -> set[str]:
+    return {name for name, v in zip(ex.vocabulary, ex.labels(report)) if v}
+
+
+def test_fixture_is_big_enough():
+    assert len(ROWS) >= 30
+
+
+@pytest.mark.parametrize(("report", "expected"), ROWS, ids=[f"row{i}" for i in range(len(ROWS))])
+def test_fixture_reports(extractor, report, expected):
+    assert names_of(extractor, report) == set(expected)
+
+
+def test_uncertain_negative_leaves_uncertain_findings_out():
+    ex = LabelExtractor(uncertain="negative")
+    report = "Suspected choroidal neovascularisation with subretinal haemorrhage."
+    assert names_of(ex, report) == set()
+    assert set(ex.extract(report).uncertain) == {"choroidal neovascularization", "hemorrhages"}
+    # the suspicion class is a label of its own; only the underlying finding is uncertain
+    assert names_of(ex, "Possible glaucoma.") == {"glaucoma suspect"}
+    assert names_of(ex, "Glaucoma suspect, drusen.") == {"glaucoma suspect", "drusen"}
+    assert names_of(ex, "Rule out retinal detachment. Drusen.") == {"drusen"}
+
+
+def test_statuses_and_eyes(extractor):
+    found = extractor.extract("No evidence of diabetic retinopathy or diabetic macular oedema.")
+    assert found.positive == ("no diabetic retinopathy",)
+    assert found.negated == ("diabetic retinopathy", "diabetic macular edema")
+    # affirmed in one eye, negated in the other: positive
+    found = extractor.extract("Left eye: drusen. Right eye: no drusen.")
+    assert found == Extraction(positive=("drusen",))
+    # a comma ends a trailing cue's reach, not a leading one's
+    found = extractor.extract("No haemorrhages, exudates or drusen; glaucoma not excluded.")
+    assert found.negated == ("hemorrhages", "hard exudates", "drusen")
+    assert found.uncertain == ("glaucoma",) and found.positive == ("glaucoma suspect",)
+
+
+def test_empty_report_is_an_empty_extraction(extractor):
+    assert extractor.extract("") == Extraction()
+    assert extractor.extract("  \n ") == Extraction()
+    assert not any(extractor.labels(""))
+
+
+def test_unmapped_phrases(extractor):
+    report = (
+        "Arteriovenous nicking, disc margins sharp. No retinal tears. Follow up in 6 months. "
+        "Drusen, arteriovenous nicking."
+    )
+    assert extractor.extract(report).unmapped == ("arteriovenous nicking",)
+
+
+def test_restricted_vocabulary():
+    ex = LabelExtractor(["DR", "glaucoma"])
+    assert ex.vocabulary == ["diabetic retinopathy", "glaucoma"]
+    assert ex.labels("Proliferative diabetic retinopathy.") == (1.0, 0.0)
+    assert ex.extract("No DR.").negated == ("diabetic retinopathy",)
+    assert ex.extract("Drusen.").unmapped == ("drusen",)
+
+
+def test_label_vocabulary():
+    names = label_vocabulary()
+    assert len(names) == 90 and names[0] == "normal"
+    assert label_vocabulary(["AMD", "Glaucoma."]) == [
+        "age related macular degeneration",
+        "glaucoma",
+    ]
+    with pytest.raises(ValueError, match="'retinoblastoma'"):
+        label_vocabulary(["glaucoma", "retinoblastoma"])
+    with pytest.raises(ValueError, match="same category"):
+        label_vocabulary(["AMD", "age related macular degeneration"])
+    with pytest.raises(ValueError, match="uncertain"):
+        LabelExtractor(uncertain="maybe")  # type: ignore[arg-type]
+
+
+def test_multi_hot():
+    vocab = ["glaucoma", "age related macular degeneration", "drusen"]
+    assert multi_hot(["drusen", "Age-related macular degeneration."], vocab) == (0.0, 1.0, 1.0)
+    assert multi_hot([], vocab) == (0.0, 0.0, 0.0)
+    with pytest.raises(KeyError, match="cataract"):
+        multi_hot(["cataract"], vocab)
+
+
+def write_reports(root: Path, rows: list[list[str]], header: str = "image,report") -> Path:
+    path = root / "reports.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header.split(","))
+        writer.writerows(rows)
+    for row in rows:
+        image = root / row[header.split(",").index("image")]
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), (150, 60, 30)).save(image)
+    return path
+
+
+def test_report_source_extracts_labels(tmp_path, caplog):
+    rows = [
+        ["hosp/a.png", "Left eye: glaucoma.\nRight eye: drusen."],
+        ["hosp/b.png", "No abnormality detected."],
+        ["hosp/c.png", ""],
+        ["other/d.png", "Arteriovenous nicking."],
+    ]
+    source = ReportCSVSource(str(write_reports(tmp_path, rows)), labels=["drusen", "glaucoma"])
+    with caplog.at_level(logging.INFO, logger="fundus_lit.data.reports"):
+        records = source.load()
+    source.check(records)
+    assert [r.dataset for r in records] == ["hosp", "hosp", "hosp", "other"]
+    assert records[0].categories == ("drusen", "glaucoma")
+    assert records[0].labels == (1.0, 1.0)
+    assert records[0].text == "Left eye: glaucoma. Right eye: drusen."
+    assert records[0].origin.endswith("reports.csv, line 2")
+    assert records[2].labels == (0.0, 0.0) and records[2].text is None
+    assert records[3].origin.endswith("line 6")  # the multi-line report of line 2 spans 3
+    [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "3 of 4 reports have no label (1 of them empty)" in message
+    assert "Arteriovenous nicking" in message
+    assert source.open_image(records[0]).size == (24, 16)
+
+
+def test_report_source_uses_given_labels(tmp_path, caplog):
+    rows = [
+        ["s/a.png", "Drusen.", "['AMD', 'drusen']"],
+        ["s/b.png", "Drusen.", ""],
+        ["s/c.png", "", "[]"],
+    ]
+    path = write_reports(tmp_path, rows, header="image,report,labels")
+    records = ReportCSVSource(str(path)).load()
+    assert records[0].categories == ("age related macular degeneration", "drusen")
+    assert records[1].categories == ("drusen",)
+    assert records[2].categories == () and not any(records[2].labels)
+    assert len(records[0].labels) == 90 and sum(records[0].labels) == 2
+    with caplog.at_level(logging.WARNING, logger="fundus_lit.data.reports"):
+        records = ReportCSVSource(str(path), labels=["drusen"]).load()
+    assert [r.labels for r in records] == [(1.0,), (1.0,), (0.0,)]
+    assert "age related macular degeneration (1x)" in caplog.text
+
+
+def test_report_source_errors(tmp_path):
+    rows = [["s/a.png", "Drusen.", "['drusen']"], ["s/b.png", "x", "['drusen', 'wobbly eye']"]]
+    path = write_reports(tmp_path, rows, header="image,report,labels")
+    with pytest.raises(DataError) as err:
+        ReportCSVSource(str(path)).load()
+    assert f"{path}, line 3, column 'labels'" in str(err.value)
+    assert "'wobbly eye'" in str(err.value)
+    with pytest.raises(DataError, match="'retinoblastoma'"):
+        ReportCSVSource(str(path), labels=["retinoblastoma"]).load()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,text\nx.png,Drusen.\n")
+    with pytest.raises(DataError, match=r"bad\.csv: missing column\(s\) \['image', 'report'\]"):
+        ReportCSVSource(str(bad)).load()
+    with pytest.raises(DataError, match="does not exist"):
+        ReportCSVSource(str(tmp_path / "none.csv")).load()
+    path = write_reports(tmp_path, rows[:1] + [["s/b.png", "Glaucoma."]], header="image,report")
+    (tmp_path / "s" / "b.png").unlink()
+    source = ReportCSVSource(str(path), labels=["drusen"])
+    with pytest.raises(DataError, match="1 of 2 images"):
+        source.check(source.load())
+
+
+def test_labels_command(tmp_path, capsys):
+    path = tmp_path / "in.csv"
+    path.write_text(
+        ",image,report,site\n"
+        "0,h/a.png,Moderate NPDR. Arteriovenous nicking.,x\n"
+        "1,h/b.png,No diabetic retinopathy; possible glaucoma.,y\n"
+        "2,h/c.png,Arteriovenous nicking.,z\n"
+        "3,h/d.png,,w\n"
+    )
+    out = tmp_path / "out" / "labelled.csv"
+    labels_command(["--reports", str(path), "--out", str(out), "--top", "5"])
+    text = capsys.readouterr().out
+    assert "reports: 4 (1 empty)" in text
+    assert "coverage: 50.0% (2 of 4 reports with >= 1 label); 2 with no label" in text
+    row = next(line for line in text.splitlines() if line.startswith("diabetic retinopathy "))
+    assert row.split()[-3:] == ["0", "1", "0"]
+    assert "     2  arteriovenous nicking" in text
+    with out.open(newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert [w["site"] for w in written] == ["x", "y", "z", "w"]
+    assert parse_list_cell(written[1]["labels"], "test") == (
+        "no diabetic retinopathy",
+        "glaucoma",
+        "glaucoma suspect",
+    )
+    assert parse_list_cell(written[3]["labels"], "test") == ()
+    # the labelled file reads back as given labels
+    records = ReportCSVSource(str(out), labels=["moderate NPDR", "glaucoma"]).load()
+    assert [r.labels for r in records] == [(1.0, 0.0), (0.0, 1.0), (0.0, 0.0), (0.0, 0.0)]
+
+
+def test_labels_command_options_and_errors(tmp_path, capsys):
+    path = tmp_path / "in.csv"
+    path.write_text("report\nDrusen and glaucoma.\nCataract.\n")
+    labels_command(["--reports", str(path), "--labels", "drusen,glaucoma"])
+    text = capsys.readouterr().out
+    assert "coverage: 50.0%" in text and "cataract" in text  # unmapped under this vocabulary
+    with pytest.raises(DataError, match="does not exist"):
+        labels_command(["--reports", str(tmp_path / "none.csv")])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,text\na.png,Drusen.\n")
+    with pytest.raises(DataError, match=r"missing column 'report'; found \['image', 'text'\]"):
+        labels_command(["--reports", str(bad)])
+    with pytest.raises(DataError, match="'wobbly'"):
+        labels_command(["--reports", str(path), "--labels", "wobbly"])
