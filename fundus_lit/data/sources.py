@@ -184,6 +184,10 @@ class SyntheticSource(Source):
         offset: Index of the first image, so train/val/test can be disjoint draws of one seed.
         cache: Keep drawn images in memory (per loader worker), so later epochs do not redraw
             them; n * size * size * 3 bytes at most per worker.
+        reports: Give every record a free-text report (``text``) and multi-hot ``labels``, as a
+            report dataset would, so report-supervised recipes run without real reports.
+        label_names: Label vocabulary of ``labels`` (see
+            :func:`fundus_lit.data.labels.label_vocabulary`); None = every knowledge category.
     """
 
     def __init__(
@@ -194,15 +198,21 @@ class SyntheticSource(Source):
         sites: int = 2,
         offset: int = 0,
         cache: bool = True,
+        reports: bool = False,
+        label_names: list[str] | None = None,
     ) -> None:
         self.n, self.size, self.seed, self.sites, self.offset = n, size, seed, sites, offset
         self.cache = cache
+        self.reports = reports
+        self.label_names = list(label_names) if label_names is not None else None
         self._synth = None
         self._images: dict[int, Image.Image] = {}
 
     def __repr__(self) -> str:
+        extra = ", reports=True" if self.reports else ""
         return (
-            f"SyntheticSource(n={self.n}, size={self.size}, seed={self.seed}, sites={self.sites})"
+            f"SyntheticSource(n={self.n}, size={self.size}, seed={self.seed}, sites={self.sites}"
+            f"{extra})"
         )
 
     @property
@@ -219,15 +229,31 @@ class SyntheticSource(Source):
     def load(self) -> list[FundusRecord]:
         if self.n <= 0:
             raise DataError(f"SyntheticSource needs n > 0, got n={self.n}")
+        report_of, vocabulary = None, None
+        if self.reports:  # lazy: the label tools pull in the knowledge dictionary
+            from fundus_lit.data.labels import label_vocabulary, multi_hot
+            from fundus_lit.data.synthetic import synthetic_report as report_of
+
+            vocabulary = label_vocabulary(self.label_names)
+        # few distinct category lists exist, and multi_hot re-keys the vocabulary on every call
+        vectors: dict[tuple[str, ...], tuple[float, ...]] = {}
         records = []
         for i in range(self.offset, self.offset + self.n):
             site, categories, attributes = self.synth.labels_of(i)
+            text = labels = None
+            if report_of is not None:
+                key = tuple(categories)
+                if key not in vectors:
+                    vectors[key] = multi_hot(key, vocabulary)
+                text, labels = report_of(self.synth, i), vectors[key]
             records.append(
                 FundusRecord(
                     image=f"synthetic:{i}",
                     dataset=site,
                     categories=tuple(categories),
                     attributes=tuple(attributes),
+                    text=text,
+                    labels=labels,
                     origin=f"synthetic seed={self.seed} index={i}",
                 )
             )

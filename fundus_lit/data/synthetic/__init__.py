@@ -6,5 +6,16 @@ generator supplies them at training speed and in the same on-disk layout real da
 """
 
 from .generator import CATEGORIES, Finding, FundusSynth, SynthSample, write_flair_dataset
+from .reports import SynthReport, report_details, synthetic_report, write_report_dataset
 
-__all__ = ["CATEGORIES", "Finding", "FundusSynth", "SynthSample", "write_flair_dataset"]
+__all__ = [
+    "CATEGORIES",
+    "Finding",
+    "FundusSynth",
+    "SynthReport",
+    "SynthSample",
+    "report_details",
+    "synthetic_report",
+    "write_flair_dataset",
+    "write_report_dataset",
+]
