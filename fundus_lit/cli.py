@@ -74,8 +74,10 @@ def synth(
     seed: int = 0,
     sites: int = 2,
     image_format: str = "png",
+    reports: bool = False,
 ) -> None:
-    """Write a synthetic fundus dataset in the FLAIR CSV layout (one CSV per site) under ``out``.
+    """Write a synthetic fundus dataset in the FLAIR CSV layout (one CSV per site) under ``out``,
+    or with ``--reports`` one report CSV (``image,report,labels``) over the same images.
 
     Args:
         out: Output folder (the data root).
@@ -84,9 +86,18 @@ def synth(
         seed: Generator seed; the same seed writes the same dataset.
         sites: Number of camera styles, each written as its own dataset.
         image_format: ``png`` or ``jpg``.
+        reports: Write ``reports.csv`` with a free-text report per image instead of the per-site
+            FLAIR CSVs.
     """
-    from fundus_lit.data.synthetic import write_flair_dataset
+    from fundus_lit.data.synthetic import write_flair_dataset, write_report_dataset
 
+    if reports:
+        print(
+            write_report_dataset(
+                out, n=n, size=size, seed=seed, sites=sites, image_format=image_format
+            )
+        )
+        return
     csvs = write_flair_dataset(
         out, n=n, size=size, seed=seed, sites=sites, image_format=image_format
     )
@@ -137,6 +148,12 @@ def evaluate_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
     parser.add_class_arguments(FewShotConfig, "fewshot")
     parser.add_class_arguments(RetrievalConfig, "retrieval")
     return parser
+
+
+def labels_command(args: list[str]) -> None:
+    from fundus_lit.labels_cli import labels_command as run
+
+    run(args)
 
 
 def evaluate_command(args: list[str], tasks: str | None = None) -> None:
@@ -199,6 +216,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "evaluate": evaluate_command,
     "zeroshot": lambda args: evaluate_command(args, tasks="zeroshot"),
     "index": index_command,
+    "labels": labels_command,
     "search": search_command,
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")

@@ -4,8 +4,14 @@ from fundus_lit.data.batch import Batch
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
+from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import FlairCSVSource, ImageFolderSource, Source, SyntheticSource
-from fundus_lit.data.text import KnowledgePromptBuilder, TemplateTextBuilder, TextBuilder
+from fundus_lit.data.text import (
+    KnowledgePromptBuilder,
+    ReportTextBuilder,
+    TemplateTextBuilder,
+    TextBuilder,
+)
 from fundus_lit.data.transforms import AugmentConfig
 
 __all__ = [
@@ -17,6 +23,8 @@ __all__ = [
     "FundusRecord",
     "ImageFolderSource",
     "KnowledgePromptBuilder",
+    "ReportCSVSource",
+    "ReportTextBuilder",
     "Source",
     "SyntheticSource",
     "TemplateTextBuilder",

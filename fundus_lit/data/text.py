@@ -10,6 +10,7 @@ import logging
 import random
 import re
 
+from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.knowledge.keys import category_key
 
@@ -114,3 +115,29 @@ class KnowledgePromptBuilder(TemplateTextBuilder):
                 )
             return category
         return rng.choice((category, *entry.descriptions))
+
+
+class ReportTextBuilder(TextBuilder):
+    """The record's own free text (a report or a caption), for report-supervised recipes.
+
+    Records without text fall back to ``fallback`` (the plain template prompt), so report data
+    can be mixed with category-only datasets; ``require_text`` makes a missing report an error
+    instead. The category returned (for category-aware objectives stacked on top) is drawn from
+    the record's categories like the template builders do.
+
+    Args:
+        fallback: Builder for records without text.
+        require_text: Refuse records without text.
+    """
+
+    def __init__(self, fallback: TextBuilder | None = None, require_text: bool = False) -> None:
+        self.fallback = fallback or TemplateTextBuilder()
+        self.require_text = require_text
+
+    def build(self, record: FundusRecord, rng: random.Random) -> tuple[str, str]:
+        if record.text and record.text.strip():
+            category = rng.choice(record.categories) if record.categories else ""
+            return collapse_spaces(record.text), category
+        if self.require_text:
+            raise DataError(f"record {record.image} ({record.origin}) has no report text")
+        return self.fallback.build(record, rng)

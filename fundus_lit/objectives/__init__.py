@@ -3,5 +3,6 @@
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.flair import FLAIRObjective
+from fundus_lit.objectives.wsc import WSCObjective
 
-__all__ = ["CLIPObjective", "FLAIRObjective", "Objective", "ObjectiveOutput"]
+__all__ = ["CLIPObjective", "FLAIRObjective", "Objective", "ObjectiveOutput", "WSCObjective"]

@@ -163,7 +163,8 @@ class WSCObjective(Objective):
             return
         m = self.momentum
         for key_param, param in zip(self.momentum_encoder.parameters(), encoder.parameters()):
-            key_param.mul_(m).add_(param.detach(), alpha=1.0 - m)
+            if param.requires_grad:  # a frozen tower never moves: its copy already equals it
+                key_param.mul_(m).add_(param.detach(), alpha=1.0 - m)
         for key_buffer, buffer in zip(self.momentum_encoder.buffers(), encoder.buffers()):
             key_buffer.copy_(buffer)  # normalisation statistics follow the online encoder
         for image, text, labels in self._pending:

