@@ -16,10 +16,10 @@ RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if not NOT_RECIPE
 
 
 def configs(recipe: Path) -> list[str]:
-    """The --config arguments that run a recipe: its base first, when it declares one."""
+    """The --config arguments that run a recipe: its bases first (a base may have a base)."""
     first = recipe.read_text().splitlines()[0]
-    base = [str(ROOT / first.split(":", 1)[1].strip())] if first.startswith("# base:") else []
-    return [arg for path in (*base, str(recipe)) for arg in ("--config", path)]
+    base = configs(ROOT / first.split(":", 1)[1].strip()) if first.startswith("# base:") else []
+    return [*base, "--config", str(recipe)]
 
 
 def test_recipes_exist():
@@ -47,8 +47,7 @@ def test_recipe_smoke_runs_on_synthetic_data(recipe, tmp_path):
     cli = cli_main(
         [
             "fit",
-            "--config",
-            str(recipe),
+            *configs(recipe),
             "--config",
             TINY,
             "--trainer.fast_dev_run=2",

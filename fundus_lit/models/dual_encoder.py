@@ -57,9 +57,12 @@ class DualEncoder(nn.Module):
     def scale(self) -> Tensor:
         return self.logit_scale.clamp(0.0, MAX_LOG_SCALE).exp()
 
-    def encode_image(self, images: Tensor, dense: bool = False) -> dict[str, Tensor | list[Tensor]]:
-        """``emb`` (B, D) normalised, ``pooled`` features, and dense features when asked."""
-        out = self.vision(images, dense=dense)
+    def encode_image(
+        self, images: Tensor, dense: bool = False, attention: bool = False
+    ) -> dict[str, Tensor | list[Tensor]]:
+        """``emb`` (B, D) normalised, ``pooled`` features, and dense features or the attention
+        pool's attention when asked."""
+        out = self.vision(images, dense=dense, attention=attention)
         out["emb"] = F.normalize(self.image_proj(out["pooled"]), dim=-1)
         return out
 
@@ -79,7 +82,7 @@ class DualEncoder(nn.Module):
     ) -> ModelOutputs:
         """Run the towers and return only what ``requires`` asks for beyond the embeddings."""
         dense = bool(requires & {"feature_map", "multiscale"})
-        img = self.encode_image(images, dense=dense)
+        img = self.encode_image(images, dense=dense, attention="attention" in requires)
         txt = None
         if input_ids is not None and attention_mask is not None:
             txt = self.encode_text(input_ids, attention_mask, "token_states" in requires)
@@ -91,4 +94,5 @@ class DualEncoder(nn.Module):
             feature_map=img.get("feature_map") if "feature_map" in requires else None,
             multiscale=img.get("multiscale") if "multiscale" in requires else None,
             token_states=None if txt is None else txt.get("token_states"),
+            attention=img.get("attention"),
         )

@@ -8,7 +8,9 @@ from torch import Tensor
 
 #: Output names an objective may declare in ``Objective.requires``.
 GLOBAL_OUTPUTS = frozenset({"image_emb", "text_emb"})
-DENSE_OUTPUTS = frozenset({"image_features", "feature_map", "multiscale", "token_states"})
+DENSE_OUTPUTS = frozenset(
+    {"image_features", "feature_map", "multiscale", "token_states", "attention"}
+)
 ALL_OUTPUTS = GLOBAL_OUTPUTS | DENSE_OUTPUTS
 
 
@@ -28,4 +30,5 @@ class ModelOutputs:
     feature_map: Tensor | None = None  # final backbone feature map (B, C, h, w)
     multiscale: list[Tensor] | None = None  # backbone features from high to low resolution
     token_states: Tensor | None = None  # last hidden states of the text tower (B, T, H)
+    attention: Tensor | None = None  # attention pool's per-head attention (B, heads, h, w)
     extra: dict[str, Tensor] = field(default_factory=dict)

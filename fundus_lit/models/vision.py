@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import timm
 import torch
 from torch import Tensor, nn
 
+from fundus_lit.models.attention_pool import AttentionPool, grid_tokens
 from fundus_lit.models.resolve import (
     HUB_OFFLINE_HINT,
     ModelNotFoundError,
@@ -28,6 +30,10 @@ class VisionConfig:
             pretrained weights.
         freeze: Keep the tower fixed (no gradient, eval mode).
         drop_path_rate: Stochastic depth for models that support it.
+        pool: ``default`` keeps the backbone's own pooling; ``attention`` replaces it with an
+            attention pool (query = mean of the final grid tokens) whose attention over the grid
+            G2D turns into pseudo masks.
+        pool_heads: Heads of the attention pool.
     """
 
     name: str = "resnet50"
@@ -35,6 +41,8 @@ class VisionConfig:
     weights: str | None = None
     freeze: bool = False
     drop_path_rate: float = 0.0
+    pool: Literal["default", "attention"] = "default"
+    pool_heads: int = 8
 
 
 def create_timm_model(cfg: VisionConfig, image_size: int) -> nn.Module:
@@ -84,17 +92,51 @@ class VisionTower(Tower):
         self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), False)
         self.num_features: int = self.model.num_features
+        self.pool: AttentionPool | None = None
+        if cfg.pool == "attention":
+            from fundus_lit.models.decoders import feature_channels_and_strides
+
+            channels, strides = feature_channels_and_strides(self.model)
+            self.stride = strides[-1]
+            grid = (max(1, image_size // self.stride),) * 2
+            self.pool = AttentionPool(channels[-1], grid, heads=cfg.pool_heads)
+            self.num_features = channels[-1]
         self.set_frozen(cfg.freeze)
 
     def normalize(self, images: Tensor) -> Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - self.mean) / self.std
 
-    def forward(self, images: Tensor, dense: bool = False) -> dict[str, Tensor | list[Tensor]]:
-        """Pooled features (B, C); with ``dense`` also the feature map and multi-scale features."""
+    def forward(
+        self, images: Tensor, dense: bool = False, attention: bool = False
+    ) -> dict[str, Tensor | list[Tensor]]:
+        """Pooled features (B, C); with ``dense`` also the feature map and multi-scale features,
+        with ``attention`` the attention pool's per-head attention over the grid (B, heads, h, w).
+        """
+        if attention and self.pool is None:
+            raise ValueError(
+                "attention maps need the attention pool: set model.vision.pool: attention"
+            )
         x = self.normalize(images)
-        if not dense:
-            return {"pooled": self.model(x)}
-        final, maps = self.model.forward_intermediates(x, output_fmt="NCHW")
-        pooled = self.model.forward_head(final, pre_logits=True)
-        return {"pooled": pooled, "feature_map": maps[-1], "multiscale": list(maps)}
+        if self.pool is None:
+            if not dense:
+                return {"pooled": self.model(x)}
+            final, maps = self.model.forward_intermediates(x, output_fmt="NCHW")
+            pooled = self.model.forward_head(final, pre_logits=True)
+            return {"pooled": pooled, "feature_map": maps[-1], "multiscale": list(maps)}
+        out: dict[str, Tensor | list[Tensor]] = {}
+        if dense:
+            final, maps = self.model.forward_intermediates(x, output_fmt="NCHW")
+            out |= {"feature_map": maps[-1], "multiscale": list(maps)}
+        else:
+            final = self.model.forward_features(x)
+        grid = (images.shape[-2] // self.stride, images.shape[-1] // self.stride)
+        if final.ndim == 4:  # CNN: (B, C, h, w)
+            tokens, grid = grid_tokens(final)
+        else:  # ViT: (B, prefix + h*w, C)
+            tokens = final[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        pooled, attn = self.pool(tokens, return_attention=attention, grid=grid)
+        out["pooled"] = pooled
+        if attention:
+            out["attention"] = attn
+        return out

@@ -3,6 +3,14 @@
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.flair import FLAIRObjective
+from fundus_lit.objectives.pseudo_seg import PseudoSegObjective
 from fundus_lit.objectives.wsc import WSCObjective
 
-__all__ = ["CLIPObjective", "FLAIRObjective", "Objective", "ObjectiveOutput", "WSCObjective"]
+__all__ = [
+    "CLIPObjective",
+    "FLAIRObjective",
+    "Objective",
+    "ObjectiveOutput",
+    "PseudoSegObjective",
+    "WSCObjective",
+]

@@ -183,3 +183,8 @@ def wsc_loss(
     i2t = wsc_direction(image_emb, text_keys, scale, labels, key_labels, **opts)[0]
     t2i = wsc_direction(text_emb, image_keys, scale, labels, key_labels, **opts)[0]
     return (i2t + t2i) / 2
+
+
+# G2D's pseudo masks and segmentation loss live in their own module (smoothing, presets);
+# re-exported here so every objective's functional form is importable from one place.
+from fundus_lit.objectives.g2d_functional import dice_bce_loss, pseudo_masks  # noqa: E402, F401

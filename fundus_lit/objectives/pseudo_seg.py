@@ -1,0 +1,140 @@
+"""G2D-style pseudo-segmentation: a dense decoder learns the masks the attention pool draws.
+
+Stacks on any global objective (CLIP, FLAIR, WSC): the recipe lists both, the global one
+shapes the embedding and this one adds ``w_ps * L_PS``. The masks come from the pool's attention
+without gradient, so L_PS trains the backbone and the decoder but never the pool it learns from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from fundus_lit.data.batch import Batch
+from fundus_lit.models.decoders import build_decoder
+from fundus_lit.models.outputs import ModelOutputs
+from fundus_lit.objectives.base import Objective, ObjectiveOutput
+from fundus_lit.objectives.g2d_functional import PRESETS, dice_bce_loss, fov_mask, pseudo_masks
+
+if TYPE_CHECKING:
+    from fundus_lit.models.dual_encoder import DualEncoder
+
+
+class PseudoSegObjective(Objective):
+    """Dice + BCE between a decoder's logits and the attention pool's pseudo masks (spec section 4).
+
+    Preset values (``paper``: non-strict quantile 0.85, Dice on probabilities, 0.5/0.5, no
+    warm-up; ``code``: strict, Dice on logits, BCE weight 0.2, 200 warm-up steps) apply unless a
+    setting is given explicitly.
+
+    Args:
+        weight: ``w_ps``, the weight of L_PS in the recipe's sum.
+        name: Prefix of the logged values.
+        preset: ``paper`` or ``code``.
+        quantile: Quantile of the attention map above which a pixel is foreground.
+        strict: ``>`` (true) or ``>=`` at the quantile.
+        fov: Zero the mask outside the fundus aperture.
+        smoothing: ``none``, ``gaussian`` or ``bilateral`` smoothing before re-binarising.
+        sigma: Spatial sigma of the smoothing, in output pixels.
+        per_head: One mask and one decoder channel per attention head instead of the head mean.
+        w_dice: Weight of the Dice term.
+        w_bce: Weight of the BCE term.
+        warmup_steps: Optimiser steps during which this loss is multiplied by 0 (global only).
+        decoder: ``auto`` (U-Net for CNNs, progressive for ViTs), ``unet`` or ``progressive``.
+        image_every: Log input / mask / prediction overlays every this many training steps
+            (0: never).
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({"attention", "multiscale"})
+    default_name = "pseudo_seg"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        name: str | None = None,
+        preset: Literal["paper", "code"] = "paper",
+        quantile: float | None = None,
+        strict: bool | None = None,
+        fov: bool = True,
+        smoothing: Literal["none", "gaussian", "bilateral"] = "none",
+        sigma: float = 2.0,
+        per_head: bool = False,
+        w_dice: float | None = None,
+        w_bce: float | None = None,
+        warmup_steps: int | None = None,
+        decoder: Literal["auto", "unet", "progressive"] = "auto",
+        image_every: int = 200,
+    ) -> None:
+        super().__init__(weight, name)
+        base = PRESETS[preset]
+        self.quantile = base.quantile if quantile is None else quantile
+        self.strict = base.strict if strict is None else strict
+        self.w_dice = base.w_dice if w_dice is None else w_dice
+        self.w_bce = base.w_bce if w_bce is None else w_bce
+        self.dice_on = base.dice_on
+        self.warmup_steps = base.warmup_steps if warmup_steps is None else warmup_steps
+        self.fov, self.smoothing, self.sigma = fov, smoothing, sigma
+        self.per_head, self.decoder_kind, self.image_every = per_head, decoder, image_every
+        self.decoder: torch.nn.Module | None = None
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._host_steps: int | None = None  # a host copy: reading the buffer would sync a GPU
+
+    def attach(self, encoder: DualEncoder, batch_size: int) -> None:
+        pool = getattr(encoder.vision, "pool", None)
+        if pool is None:
+            raise ValueError(
+                "PseudoSegObjective learns from the attention pool's maps: set "
+                "model.vision.pool: attention"
+            )
+        channels = pool.heads if self.per_head else 1
+        self.decoder = build_decoder(encoder.vision.model, self.decoder_kind, channels)
+
+    def after_optimizer_step(self, encoder: DualEncoder) -> None:
+        self.steps += 1
+        if self._host_steps is not None:
+            self._host_steps += 1
+
+    def masks(self, attention: Tensor, images: Tensor) -> Tensor:
+        """Pseudo masks at input resolution, (B, 1 or heads, H, W), without gradient."""
+        size = images.shape[-1]
+        fov = fov_mask(images) if self.fov else None
+        opts = {"fov": fov, "smoothing": self.smoothing, "sigma": self.sigma}
+        if not self.per_head:
+            return pseudo_masks(attention, size, self.quantile, self.strict, **opts)
+        b, heads = attention.shape[:2]
+        if fov is not None:
+            opts["fov"] = fov.repeat_interleave(heads, dim=0)
+        flat = attention.reshape(b * heads, 1, *attention.shape[2:])
+        masks = pseudo_masks(flat, size, self.quantile, self.strict, **opts)
+        return masks.reshape(b, heads, size, size)
+
+    def forward(self, outputs: ModelOutputs, batch: Batch) -> ObjectiveOutput:
+        assert outputs.attention is not None and outputs.multiscale is not None
+        assert self.decoder is not None, "attach() builds the decoder"
+        images = batch.images
+        target = self.masks(outputs.attention, images)
+        logits = self.decoder(outputs.multiscale, tuple(images.shape[-2:])).float()
+        loss = dice_bce_loss(logits, target, self.w_dice, self.w_bce, dice_on=self.dice_on)
+        # warm-up: keep the graph (every parameter used, as DDP expects) but add nothing
+        active = (self.steps >= self.warmup_steps).to(loss.dtype)
+        scalars = {"mask_fraction": target.mean().detach(), "active": active}
+        pictures = {}
+        if self._host_steps is None:  # once per run (after a resume, the restored count)
+            self._host_steps = int(self.steps)
+        if self.training and self.image_every and self._host_steps % self.image_every == 0:
+            pictures["overlay"] = overlay(images[:4], target[:4], logits[:4].detach())
+        return ObjectiveOutput(losses={"loss": loss * active}, scalars=scalars, images=pictures)
+
+
+def overlay(images: Tensor, masks: Tensor, logits: Tensor) -> Tensor:
+    """(N, 3, H, 3W) in [0, 1]: the input, its pseudo mask in red, the prediction in green."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
+    mask = masks.float().mean(dim=1, keepdim=True)
+    pred = torch.sigmoid(logits.float()).mean(dim=1, keepdim=True)
+    red = torch.tensor([1.0, 0.0, 0.0], device=x.device).view(1, 3, 1, 1)
+    green = torch.tensor([0.0, 1.0, 0.0], device=x.device).view(1, 3, 1, 1)
+    with_mask = x * (1 - 0.5 * mask) + 0.5 * mask * red
+    with_pred = x * (1 - 0.5 * pred) + 0.5 * pred * green
+    return torch.cat([x, with_mask, with_pred], dim=-1).clamp(0, 1)
