@@ -75,6 +75,7 @@ def synth(
     sites: int = 2,
     image_format: str = "png",
     reports: bool = False,
+    masks: bool = False,
 ) -> None:
     """Write a synthetic fundus dataset in the FLAIR CSV layout (one CSV per site) under ``out``,
     or with ``--reports`` one report CSV (``image,report,labels``) over the same images.
@@ -88,9 +89,16 @@ def synth(
         image_format: ``png`` or ``jpg``.
         reports: Write ``reports.csv`` with a free-text report per image instead of the per-site
             FLAIR CSVs.
+        masks: Write each image's lesion mask and ``masks.csv`` (``image,mask,categories``)
+            instead, for dense transfer evaluation.
     """
     from fundus_lit.data.synthetic import write_flair_dataset, write_report_dataset
 
+    if masks:
+        from fundus_lit.data.synthetic.masks import write_mask_dataset
+
+        print(write_mask_dataset(out, n=n, size=size, seed=seed, sites=sites))
+        return
     if reports:
         print(
             write_report_dataset(
@@ -119,6 +127,7 @@ def evaluate_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
     from fundus_lit.eval.evaluate import PromptConfig, RetrievalConfig
     from fundus_lit.eval.fewshot import FewShotConfig
     from fundus_lit.eval.probe import ProbeConfig
+    from fundus_lit.eval.segmentation import SegmentationConfig
 
     parser = ArgumentParser(prog=prog, description=evaluate_parser.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML")
@@ -127,7 +136,7 @@ def evaluate_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
         "--tasks",
         type=str | list[str] | None,
         default=None,
-        help="comma-separated subset of zeroshot,probe,fewshot,retrieval (default: all)",
+        help="comma-separated: zeroshot,probe,fewshot,retrieval (default) and segmentation",
     )
     parser.add_argument(
         "--split", type=Literal["val", "test"], default="test", help="split evaluated"
@@ -147,6 +156,7 @@ def evaluate_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
     parser.add_class_arguments(ProbeConfig, "probe")
     parser.add_class_arguments(FewShotConfig, "fewshot")
     parser.add_class_arguments(RetrievalConfig, "retrieval")
+    parser.add_class_arguments(SegmentationConfig, "segmentation")
     return parser
 
 

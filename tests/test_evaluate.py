@@ -235,3 +235,63 @@ def test_module_names_keys_of_a_checkpoint_from_another_model(trained):
     message = str(err.value)
     assert "does not match the model built from the config" in message
     assert "encoder.image_proj.weight: checkpoint (128, " in message and "vs model (48, " in message
+
+
+def test_segmentation_transfer_from_synthetic_masks(trained, tmp_path):
+    """A decoder trained on the frozen encoder with fractions of the synthetic lesion masks; the
+    Dice of a trained decoder beats an empty prediction's 0 on lesion pixels."""
+    root, csvs, ckpt = trained
+    source = {"class_path": "fundus_lit.data.SyntheticSource"}
+    train = [source | {"init_args": {"n": 12, "size": 64, "masks": True, "offset": 100}}]
+    test = [source | {"init_args": {"n": 4, "size": 64, "masks": True, "offset": 200}}]
+    config = tmp_path / "seg.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "class_path": "fundus_lit.FundusDataModule",
+                    "init_args": {
+                        "train": train,
+                        "test": test,
+                        "num_workers": 0,
+                        "val_fraction": 0.0,
+                    },
+                },
+                "segmentation": {"fractions": [0.25, 1.0], "min_steps": 8, "batch_size": 4},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    main(
+        ["evaluate", f"--ckpt={ckpt}", f"--config={config}", f"--out={out}"]
+        + ["--tasks=segmentation"]
+    )
+    seg = json.loads((out / "eval.json").read_text())["segmentation"]
+    assert seg["decoder"] == "fresh" and seg["n_test"] == 4
+    assert seg["25%"]["n_train"] == 3 and seg["100%"]["n_train"] == 12
+    for setting in ("25%", "100%"):
+        assert 0.0 <= seg[setting]["dice"] <= 1.0 and 0.0 <= seg[setting]["dice_per_image"] <= 1.0
+    assert "### segmentation" in (out / "eval.md").read_text()
+    with pytest.raises(SystemExit) as stop:  # the CLIP checkpoint has no pretrained decoder
+        main(
+            ["evaluate", f"--ckpt={ckpt}", f"--config={config}", f"--out={out}"]
+            + ["--tasks=segmentation", "--segmentation.decoder=pretrained"]
+        )
+    assert stop.value.code == 2
+
+
+def test_synth_writes_masks_that_mask_csv_reads(tmp_path):
+    import numpy as np
+
+    from fundus_lit.data import MaskCSVSource
+
+    main(["synth", "--out", str(tmp_path), "--n", "3", "--size", "48", "--masks", "true"])
+    source = MaskCSVSource(str(tmp_path / "masks.csv"))
+    records = source.load()
+    source.check(records)
+    assert len(records) == 3 and all(r.mask and r.categories for r in records)
+    mask = np.asarray(source.open_mask(records[0]))
+    assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}
+    (tmp_path / records[1].mask).unlink()
+    with pytest.raises(DataError, match="1 files listed"):
+        source.check(records)

@@ -5,7 +5,13 @@ from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.reports import ReportCSVSource
-from fundus_lit.data.sources import FlairCSVSource, ImageFolderSource, Source, SyntheticSource
+from fundus_lit.data.sources import (
+    FlairCSVSource,
+    ImageFolderSource,
+    MaskCSVSource,
+    Source,
+    SyntheticSource,
+)
 from fundus_lit.data.text import (
     KnowledgePromptBuilder,
     ReportTextBuilder,
@@ -23,6 +29,7 @@ __all__ = [
     "FundusRecord",
     "ImageFolderSource",
     "KnowledgePromptBuilder",
+    "MaskCSVSource",
     "ReportCSVSource",
     "ReportTextBuilder",
     "Source",

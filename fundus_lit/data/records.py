@@ -24,6 +24,8 @@ class FundusRecord:
         text: Free text that goes with the image (a report or a caption), if any.
         labels: Multi-hot label vector (report datasets), if any.
         origin: Where the record was read from, e.g. ``"train.csv:12"``; used in error messages.
+        mask: Reference to a lesion segmentation mask (dense transfer evaluation), if any; the
+            source that made the record opens it.
     """
 
     image: str
@@ -33,3 +35,4 @@ class FundusRecord:
     text: str | None = None
     labels: tuple[float, ...] | None = None
     origin: str = field(default="", compare=False)
+    mask: str | None = None

@@ -29,6 +29,10 @@ class Source:
     def open_image(self, record: FundusRecord) -> Image.Image:
         raise NotImplementedError
 
+    def open_mask(self, record: FundusRecord) -> Image.Image:
+        """The record's lesion mask as a single-channel image (non-zero = lesion)."""
+        raise DataError(f"{type(self).__name__} has no segmentation masks ({record.origin})")
+
 
 def parse_list_cell(cell: str, where: str) -> tuple[str, ...]:
     """Parse a Python-literal list of strings; ``literal_eval`` never executes code."""
@@ -188,6 +192,8 @@ class SyntheticSource(Source):
             report dataset would, so report-supervised recipes run without real reports.
         label_names: Label vocabulary of ``labels`` (see
             :func:`fundus_lit.data.labels.label_vocabulary`); None = every knowledge category.
+        masks: Give every record its lesion mask (drawn with the image), for dense transfer
+            evaluation.
     """
 
     def __init__(
@@ -200,9 +206,10 @@ class SyntheticSource(Source):
         cache: bool = True,
         reports: bool = False,
         label_names: list[str] | None = None,
+        masks: bool = False,
     ) -> None:
         self.n, self.size, self.seed, self.sites, self.offset = n, size, seed, sites, offset
-        self.cache = cache
+        self.cache, self.masks = cache, masks
         self.reports = reports
         self.label_names = list(label_names) if label_names is not None else None
         self._synth = None
@@ -255,6 +262,7 @@ class SyntheticSource(Source):
                     text=text,
                     labels=labels,
                     origin=f"synthetic seed={self.seed} index={i}",
+                    mask=f"synthetic:{i}" if self.masks else None,
                 )
             )
         return records
@@ -267,3 +275,82 @@ class SyntheticSource(Source):
             if self.cache:
                 self._images[index] = image
         return image
+
+    def open_mask(self, record: FundusRecord) -> Image.Image:
+        if record.mask is None:
+            return super().open_mask(record)
+        index = int(record.mask.split(":", 1)[1])
+        mask = self.synth.sample(index, with_mask=True).lesion_mask
+        return Image.fromarray((mask > 0).astype("uint8") * 255, mode="L")
+
+
+class MaskCSVSource(Source):
+    """Segmentation data for dense transfer evaluation: a CSV ``image,mask[,categories]`` with
+    paths relative to ``root`` (default the CSV's folder); a mask is non-zero on lesions.
+
+    Args:
+        csv: Path of the CSV file.
+        root: Data root of the image and mask paths.
+    """
+
+    def __init__(self, csv: str, root: str | None = None) -> None:
+        self.csv = Path(csv).expanduser()
+        self.root = Path(root).expanduser() if root else self.csv.parent
+
+    def __repr__(self) -> str:
+        return f"MaskCSVSource(csv={str(self.csv)!r})"
+
+    def load(self) -> list[FundusRecord]:
+        if not self.csv.is_file():
+            raise DataError(f"CSV file {self.csv} does not exist")
+        with self.csv.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"image", "mask"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(
+                    f"{self.csv}: missing column(s) {sorted(missing)}; "
+                    f"found {sorted(reader.fieldnames or [])}"
+                )
+            records = []
+            for row in reader:
+                where = f"{self.csv}, line {reader.line_num}"
+                image, mask = (row.get("image") or "").strip(), (row.get("mask") or "").strip()
+                if not image or not mask:
+                    raise DataError(f"{where}: empty image or mask path")
+                cats = parse_list_cell(row.get("categories") or "", f"{where}, column 'categories'")
+                records.append(
+                    FundusRecord(
+                        image=image,
+                        dataset=Path(image).parts[0],
+                        categories=cats,
+                        origin=where,
+                        mask=mask,
+                    )
+                )
+        return records
+
+    def check(self, records: list[FundusRecord]) -> None:
+        missing = [
+            f"  {self.root / path} ({r.origin})"
+            for r in records
+            for path in (r.image, r.mask or "")
+            if not (self.root / path).is_file()
+        ]
+        if missing:
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(
+                f"{len(missing)} files listed in {self.csv} are missing:\n"
+                + "\n".join(missing[:10])
+                + more
+            )
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        return read_rgb(self.root / record.image, record.origin)
+
+    def open_mask(self, record: FundusRecord) -> Image.Image:
+        path = self.root / (record.mask or "")
+        try:
+            with Image.open(path) as img:
+                return img.convert("L")
+        except (OSError, SyntaxError) as err:
+            raise DataError(f"cannot read mask {path} ({record.origin}): {err}") from err

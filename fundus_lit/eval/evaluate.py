@@ -29,7 +29,8 @@ from fundus_lit.eval.report import (
 from fundus_lit.knowledge import category_key
 
 logger = logging.getLogger(__name__)
-TASKS = ("zeroshot", "probe", "fewshot", "retrieval")
+TASKS = ("zeroshot", "probe", "fewshot", "retrieval", "segmentation")
+DEFAULT_TASKS = ("zeroshot", "probe", "fewshot", "retrieval")
 
 
 @dataclass
@@ -69,7 +70,7 @@ class RetrievalConfig:
 
 def parse_tasks(tasks: str | list[str] | None) -> list[str]:
     if tasks is None:
-        return list(TASKS)
+        return list(DEFAULT_TASKS)
     names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     names = [t.strip() for t in names if t.strip()]
     unknown = [t for t in names if t not in TASKS]
@@ -270,6 +271,8 @@ class Evaluation:
         self.validate()
         retrieval = "retrieval" in self.tasks
         text = retrieval and bool({"i2t", "t2i"} & set(self.cfg.retrieval.tasks))
+        if not set(self.tasks) - {"segmentation"}:
+            return {"segmentation": self.run_segmentation()}
         test = self.features(self.split, text=text)
         train = None
         if self.needs_train() and self.records("train") and self.split != "train":
@@ -286,7 +289,26 @@ class Evaluation:
             results["fewshot"] = self.run_fewshot(train, test, protos)
         if retrieval:
             results["retrieval"] = self.run_retrieval(test, train)
+        if "segmentation" in self.tasks:
+            results["segmentation"] = self.run_segmentation()
         return results
+
+    def run_segmentation(self) -> dict:
+        from fundus_lit.eval.segmentation import run_segmentation
+
+        train = self.dm.splits["train"]
+        if not train:
+            raise DataError("segmentation trains a decoder on the train split; add data.train")
+        return run_segmentation(
+            self.encoder,
+            train,
+            self.dm.splits[self.split],
+            self.hp["image_size"],
+            self.dm.crop_fov,
+            self.cfg.segmentation,
+            self.ckpt,
+            min(self.dm.num_workers, 2),
+        )
 
     # -- outputs -----------------------------------------------------------------------------
     def write(self, results: dict[str, dict]) -> None:

@@ -73,6 +73,11 @@ def markdown(results: dict[str, dict], title: str) -> str:
                 if "aca" in settings:
                     rows = {"zero-shot": settings}
                 lines += settings_table(f"few-shot: {method}", rows, HEADLINE)
+    if "segmentation" in results:
+        seg = results["segmentation"]
+        rows = {k: v for k, v in seg.items() if isinstance(v, dict)}
+        title = f"segmentation ({seg['decoder']} decoder, {seg['n_test']} test images)"
+        lines += settings_table(title, rows, ["dice", "dice_per_image", "n_train"])
     if "retrieval" in results:
         rows = {k: v for k, v in results["retrieval"].items() if isinstance(v, dict)}
         metrics = sorted(
