@@ -44,6 +44,7 @@ bench: install
 	$(PY) benchmarks/synth_speed.py
 	$(PY) benchmarks/retrieval.py
 	$(PY) benchmarks/queue_cost.py
+	$(PY) benchmarks/g2d_cost.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs lightning_logs .pytest_cache

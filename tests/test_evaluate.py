@@ -295,3 +295,50 @@ def test_synth_writes_masks_that_mask_csv_reads(tmp_path):
     (tmp_path / records[1].mask).unlink()
     with pytest.raises(DataError, match="1 files listed"):
         source.check(records)
+
+
+def test_segmentation_with_the_pretrained_g2d_decoder(tmp_path):
+    """Fit the G2D recipe 2 steps (tiny), then transfer its pseudo-segmentation decoder."""
+    synthetic = {"class_path": "fundus_lit.data.SyntheticSource"}
+    train = [synthetic | {"init_args": {"n": 16, "size": 64}}]
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={ROOT / 'recipes' / 'clip.yaml'}",
+            f"--config={ROOT / 'recipes' / 'g2d.yaml'}",
+            f"--config={ROOT / 'recipes' / 'overlays' / 'tiny.yaml'}",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            f"--data.init_args.train={json.dumps(train)}",
+            "--data.init_args.val=null",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.image_size=64",
+            "--model.init_args.vision.pool_heads=2",
+        ]
+    )
+    assert "train/pseudo_seg" in cli.trainer.callback_metrics
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    masks = {"n": 6, "size": 64, "masks": True}
+    data = {
+        "train": [synthetic | {"init_args": masks | {"offset": 300}}],
+        "test": [synthetic | {"init_args": masks | {"offset": 400}}],
+        "num_workers": 0,
+        "val_fraction": 0.0,
+    }
+    config = tmp_path / "seg.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"class_path": "fundus_lit.FundusDataModule", "init_args": data},
+                "tasks": "segmentation",
+                "segmentation": {"fractions": [1.0], "min_steps": 2, "decoder": "pretrained"},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    main(["evaluate", f"--ckpt={ckpt}", f"--config={config}", f"--out={out}"])
+    seg = json.loads((out / "eval.json").read_text())["segmentation"]
+    assert seg["decoder"] == "pretrained" and 0.0 <= seg["100%"]["dice"] <= 1.0
