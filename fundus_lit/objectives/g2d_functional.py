@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -74,6 +75,9 @@ def _fov_at(fov: Tensor, size: int) -> Tensor:
     return _as_size(fov, size, "nearest-exact") > 0.5
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def quantile_rows(values: Tensor, q: float) -> Tensor:
     """Per-row q-quantile with linear interpolation, equal to ``torch.quantile(values, q, dim=1)``.
 
@@ -84,7 +88,11 @@ def quantile_rows(values: Tensor, q: float) -> Tensor:
     the same pixels wherever in that gap it lies.
     """
     n = values.shape[1]
-    rank = float(torch.tensor(q, dtype=values.dtype) * (n - 1))
+    if values.dtype in _NUMPY_FLOATS:  # same rounding as a torch scalar op, without any op
+        as_dtype = _NUMPY_FLOATS[values.dtype]
+        rank = float(as_dtype(q) * as_dtype(n - 1))
+    else:
+        rank = float(torch.tensor(q, dtype=values.dtype) * (n - 1))
     below, above = math.floor(rank), math.ceil(rank)
     ordered = values.sort(dim=1).values
     return torch.lerp(ordered[:, below], ordered[:, above], rank - below)
