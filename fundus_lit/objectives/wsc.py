@@ -162,9 +162,14 @@ class WSCObjective(Objective):
         if self.momentum_encoder is None or self.momentum is None:
             return
         m = self.momentum
-        for key_param, param in zip(self.momentum_encoder.parameters(), encoder.parameters()):
-            if param.requires_grad:  # a frozen tower never moves: its copy already equals it
-                key_param.mul_(m).add_(param.detach(), alpha=1.0 - m)
+        pairs = [  # a frozen tower never moves: its copy already equals it
+            (key, param.detach())
+            for key, param in zip(self.momentum_encoder.parameters(), encoder.parameters())
+            if param.requires_grad
+        ]
+        if pairs:  # one fused multi-tensor op instead of a kernel pair per parameter
+            keys, online = (list(t) for t in zip(*pairs))
+            torch._foreach_lerp_(keys, online, 1.0 - m)
         for key_buffer, buffer in zip(self.momentum_encoder.buffers(), encoder.buffers()):
             key_buffer.copy_(buffer)  # normalisation statistics follow the online encoder
         for image, text, labels in self._pending:
