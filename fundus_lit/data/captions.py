@@ -1,0 +1,127 @@
+"""Image-caption CSVs in the MM-Retinal layout: one free-text caption per fundus photograph.
+
+Caption datasets describe what an image shows in prose instead of naming categories, so their
+records carry ``text`` and no ``categories``: inventing labels from prose would silently mix
+guessed labels into category-supervised objectives.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from PIL import Image
+
+from fundus_lit.data.errors import DataError
+from fundus_lit.data.records import FundusRecord
+from fundus_lit.data.sources import Source, parse_list_cell, read_rgb
+
+__all__ = ["CaptionCSVSource", "caption_from_cell"]
+
+_SHOWN = 10  # rows listed in one error message; the rest are counted
+
+
+def caption_from_cell(cell: str, where: str) -> str:
+    """Caption text of one cell: a Python-literal list of sentences (as the ``categories``
+    column of some exports holds them) is joined with ". ", anything else is taken as written.
+
+    Sentences keep their own final full stop only at the end, so the join never doubles one.
+    """
+    text = (cell or "").strip()
+    if not text.startswith("["):
+        return text
+    parts = [p for p in parse_list_cell(text, where) if p]
+    return ". ".join([p.rstrip(". ") for p in parts[:-1]] + parts[-1:])
+
+
+class CaptionCSVSource(Source):
+    """The MM-Retinal caption layout: a CSV ``image,caption`` with image paths relative to
+    ``root``. Extra columns are ignored and a pandas index column (empty header) is tolerated.
+
+    Some exports keep the caption in a ``categories`` column instead, as a list of sentences
+    (joined with ". ") or a plain string. That column is used when ``caption_column`` says so,
+    or automatically when the CSV has no ``caption`` column but has ``categories``; the name
+    notwithstanding, its content is caption text, never category labels.
+
+    Args:
+        csv: Path of the CSV file.
+        root: Data root the ``image`` paths are relative to; defaults to the CSV's folder. The
+            first component of each image path is the dataset name.
+        caption_column: Column holding the caption.
+    """
+
+    def __init__(self, csv: str, root: str | None = None, caption_column: str = "caption") -> None:
+        self.csv = Path(csv).expanduser()
+        self.root = Path(root).expanduser() if root else self.csv.parent
+        self.caption_column = caption_column
+
+    def __repr__(self) -> str:
+        return (
+            f"CaptionCSVSource(csv={str(self.csv)!r}, root={str(self.root)!r}, "
+            f"caption_column={self.caption_column!r})"
+        )
+
+    def _column(self, columns: set[str]) -> str:
+        """The caption column actually read; autodetection only replaces the default, so an
+        explicitly named column that is missing stays an error."""
+        if (
+            self.caption_column == "caption"
+            and "caption" not in columns
+            and "categories" in columns
+        ):
+            return "categories"
+        return self.caption_column
+
+    def load(self) -> list[FundusRecord]:
+        if not self.csv.is_file():
+            raise DataError(f"CSV file {self.csv} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+        with self.csv.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            column = self._column(columns)
+            missing = {"image", column} - columns
+            if missing:
+                raise DataError(
+                    f"{self.csv}: missing column(s) {sorted(missing)}; found {sorted(columns)}"
+                )
+            records, empty = [], []
+            for row in reader:
+                record = self._record(row, reader.line_num, column)
+                (records if record.text else empty).append(record)
+        if empty:
+            raise DataError(_empty_message(self.csv, column, empty))
+        return records
+
+    def _record(self, row: dict[str, str], line: int, column: str) -> FundusRecord:
+        where = f"{self.csv}, line {line}"
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise DataError(f"{where}, column 'image': empty image path")
+        return FundusRecord(
+            image=image,
+            dataset=Path(image).parts[0],
+            text=caption_from_cell(row.get(column) or "", f"{where}, column '{column}'"),
+            origin=where,
+        )
+
+    def check(self, records: list[FundusRecord]) -> None:
+        missing = [r for r in records if not (self.root / r.image).is_file()]
+        if missing:
+            shown = "\n".join(f"  {self.root / r.image} ({r.origin})" for r in missing[:_SHOWN])
+            more = f"\n  ... and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+            raise DataError(
+                f"{len(missing)} of {len(records)} images listed in {self.csv} are missing:\n"
+                f"{shown}{more}"
+            )
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        return read_rgb(self.root / record.image, record.origin)
+
+
+def _empty_message(path: Path, column: str, empty: list[FundusRecord]) -> str:
+    """All empty captions in one message, so a user fixes the file in one pass, not row by row."""
+    shown = "\n".join(f"  {r.origin} ({r.image})" for r in empty[:_SHOWN])
+    more = f"\n  ... and {len(empty) - _SHOWN} more" if len(empty) > _SHOWN else ""
+    return f"{path}: {len(empty)} row(s) with an empty caption in column '{column}':\n{shown}{more}"
