@@ -29,8 +29,15 @@ def _as(cls: type, value: Any) -> Any:
 def full_precision(outputs: ModelOutputs) -> ModelOutputs:
     """The global embeddings and scale in fp32 (dense features stay as computed)."""
     text = None if outputs.text_emb is None else outputs.text_emb.float()
+    extra = {
+        k: full_precision(v) if isinstance(v, ModelOutputs) else v for k, v in outputs.extra.items()
+    }
     return replace(
-        outputs, image_emb=outputs.image_emb.float(), text_emb=text, scale=outputs.scale.float()
+        outputs,
+        image_emb=outputs.image_emb.float(),
+        text_emb=text,
+        scale=outputs.scale.float(),
+        extra=extra,
     )
 
 
@@ -79,17 +86,30 @@ class PretrainModule(L.LightningModule):
         self.objectives = nn.ModuleList(objectives)
         for obj in objectives:
             obj.attach(self.encoder, batch_size)
-        self.requires = frozenset().union(*(o.requires for o in objectives))
+        self.requires = frozenset().union(
+            *(o.requires for o in objectives if o.stream == "public")
+        ) | {"image_emb", "text_emb"}
+        self.expert_requires = frozenset().union(
+            *(o.requires for o in objectives if o.stream == "expert")
+        )
         self._step_started: float | None = None
 
     def forward(self, batch: Batch) -> ModelOutputs:
-        return self.encoder(batch.images, batch.input_ids, batch.attention_mask, self.requires)
+        outputs = self.encoder(batch.images, batch.input_ids, batch.attention_mask, self.requires)
+        expert = batch.extra.get("expert")
+        if expert is not None and self.expert_requires:
+            outputs.extra["expert"] = self.encoder(
+                expert.images, expert.input_ids, expert.attention_mask, self.expert_requires
+            )
+        return outputs
 
     def _step(self, batch: Batch, stage: str) -> tuple[Tensor, ModelOutputs]:
         outputs = full_precision(self(batch))
         total = outputs.image_emb.new_zeros(())
         sync = stage != "train"
         for obj in self.objectives:
+            if obj.stream == "expert" and "expert" not in outputs.extra and stage != "train":
+                continue  # the expert stream feeds training only
             # losses in fp32 under bf16/fp16 autocast: logits at s = 100 and their softmax lose
             # too much in half precision
             with torch.autocast(self.device.type, enabled=False):

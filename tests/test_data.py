@@ -55,15 +55,17 @@ def test_epoch_sampler_gives_each_rank_a_distinct_reproducible_share(monkeypatch
         sampler = EpochSampler(10, seed=3)
         sampler.set_epoch(1)
         shares.append(list(sampler))
-    a, b = ([i for i, _ in share] for share in shares)
+    a, b = ([i for i, *_ in share] for share in shares)
     assert len(a) == len(b) == 5 and not set(a) & set(b)
-    assert all(epoch == 1 for share in shares for _, epoch in share)
+    assert all(epoch == 1 for share in shares for _, epoch, _ in share)
+    positions = sorted(position for share in shares for *_, position in share)
+    assert positions == list(range(10))  # rank r holds positions r, r + 2, ... of one stream
     monkeypatch.setattr(samplers, "world", lambda: (0, 2))
     again = EpochSampler(10, seed=3)
     again.set_epoch(1)
-    assert [i for i, _ in again] == a
+    assert [i for i, *_ in again] == a
     again.set_epoch(2)
-    assert [i for i, _ in again] != a
+    assert [i for i, *_ in again] != a
 
 
 def make_dm(**kwargs):

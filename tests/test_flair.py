@@ -81,9 +81,9 @@ def test_balanced_sampler_is_uniform_over_datasets_with_replacement():
     sampler = DatasetBalancedSampler(names, epoch_length=4000, seed=1)
     keys = list(sampler)
     assert len(keys) == len(sampler) == 4000
-    by_dataset = Counter(names[i] for i, _ in keys)
+    by_dataset = Counter(names[i] for i, *_ in keys)
     assert abs(by_dataset["small"] / 4000 - 0.5) < 0.03
-    small_hits = Counter(i for i, _ in keys if names[i] == "small")
+    small_hits = Counter(i for i, *_ in keys if names[i] == "small")
     assert set(small_hits) == set(range(90, 100)) and max(small_hits.values()) > 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -34,7 +35,7 @@ class Batch:
     indices: Tensor
     labels: Tensor | None = None
     record_categories: list[tuple[str, ...]] = field(default_factory=list)
-    extra: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the expert stream's Batch
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -8,12 +8,12 @@ import os
 import lightning as L
 from torch.utils.data import DataLoader
 
-from fundus_lit.data.dataset import Collator, RecordDataset
+from fundus_lit.data.dataset import Collator, PairedCollator, PairedDataset, RecordDataset
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler, permutation
 from fundus_lit.data.sources import Source
-from fundus_lit.data.text import TemplateTextBuilder, TextBuilder
+from fundus_lit.data.text import ReportTextBuilder, TemplateTextBuilder, TextBuilder
 from fundus_lit.data.transforms import AugmentConfig, ImagePipeline
 
 Items = list[tuple[Source, FundusRecord]]
@@ -56,6 +56,12 @@ class FundusDataModule(L.LightningDataModule):
             replacement inside each) instead of shuffling all records.
         epoch_length: Training samples per epoch (all devices together) when balancing;
             defaults to the number of training records.
+        expert: Sources of a second training stream (KeepFIT's expert image-caption set): every
+            training batch then carries an expert batch of the same size in
+            ``batch.extra["expert"]``, drawn uniformly with replacement; validation and test
+            batches carry none.
+        expert_text: Text builder of the expert stream; by default each record's own text (the
+            caption), which must be present.
     """
 
     def __init__(
@@ -78,6 +84,8 @@ class FundusDataModule(L.LightningDataModule):
         seed: int = 0,
         balance_datasets: bool = False,
         epoch_length: int | None = None,
+        expert: list[Source] | None = None,
+        expert_text: TextBuilder | None = None,
     ) -> None:
         super().__init__()
         if not (train or val or test):
@@ -95,6 +103,8 @@ class FundusDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.check_files, self.seed = pin_memory, check_files, seed
         self.balance_datasets, self.epoch_length = balance_datasets, epoch_length
+        self.expert_sources = list(expert or [])
+        self.expert_text = expert_text or ReportTextBuilder(require_text=True)
         self.collate = Collator(tokenizer, max_length)
         self.splits: dict[str, Items] = {}
 
@@ -121,6 +131,10 @@ class FundusDataModule(L.LightningDataModule):
             raise DataError("every training record belongs to a held-out category")
         train = kept
         self.splits = {"train": train, "val": val, "test": test}
+        if self.expert_sources:
+            self.splits["expert"] = _load(self.expert_sources, self.check_files)
+            if not self.splits["expert"]:
+                raise DataError("data.expert sources hold no records")
         self.collate.tokenizer  # noqa: B018  (fail on a bad tokenizer now, not in a worker)
 
     def dataset(self, split: str, augment: bool | None = None) -> RecordDataset:
@@ -153,7 +167,25 @@ class FundusDataModule(L.LightningDataModule):
                 f"the training split has {len(sampler)} records per device, fewer than one batch "
                 f"of {self.batch_size}; lower data.batch_size or add data"
             )
-        return self._loader("train", sampler=sampler, drop_last=True)
+        if not self.expert_sources:
+            return self._loader("train", sampler=sampler, drop_last=True)
+        expert = RecordDataset(
+            self.splits["expert"],
+            self.expert_text,
+            ImagePipeline(self.image_size, self.crop_fov, self.augment),
+            self.seed,
+        )
+        workers = min(self.num_workers, os.cpu_count() or 1)
+        return DataLoader(
+            PairedDataset(self.dataset("train"), expert, self.seed),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
+            collate_fn=PairedCollator(self.collate),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if self.splits["val"] else []

@@ -50,8 +50,8 @@ class RecordDataset(Dataset):
     def records(self) -> list[FundusRecord]:
         return [record for _, record in self.items]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+    def __getitem__(self, key: int | tuple[int, ...]) -> Sample:
+        index, epoch = key[:2] if isinstance(key, tuple) else (key, 0)
         source, record = self.items[index]
         text, category = self.text.build(record, random.Random(f"{self.seed}/{epoch}/{index}"))
         return Sample(
@@ -102,3 +102,41 @@ class Collator:
             labels=labels,
             record_categories=[s.record_categories for s in samples],
         )
+
+
+class PairedDataset(Dataset):
+    """Two-stream training (KeepFIT): each public sample comes with an expert sample drawn
+    uniformly with replacement from the expert records.
+
+    The draw depends only on ``(seed, epoch, position)`` of the public sample in the epoch's
+    global stream, so pairs are the same for any number of workers and ranks, and two draws of
+    one public record (dataset balancing samples with replacement) get independent partners.
+    """
+
+    def __init__(self, public: RecordDataset, expert: RecordDataset, seed: int = 0) -> None:
+        if len(expert) == 0:
+            raise ValueError("the expert stream has no records")
+        self.public, self.expert, self.seed = public, expert, seed
+
+    def __len__(self) -> int:
+        return len(self.public)
+
+    def partner(self, key: int | tuple[int, ...]) -> int:
+        index, epoch, position = (key + (key[0],))[:3] if isinstance(key, tuple) else (key, 0, key)
+        return random.Random(f"expert/{self.seed}/{epoch}/{position}").randrange(len(self.expert))
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[Sample, Sample]:
+        epoch = key[1] if isinstance(key, tuple) else 0
+        return self.public[key], self.expert[(self.partner(key), epoch)]
+
+
+class PairedCollator:
+    """Collates the public batch and puts the expert batch in ``batch.extra["expert"]``."""
+
+    def __init__(self, collate: Collator) -> None:
+        self.collate = collate
+
+    def __call__(self, pairs: list[tuple[Sample, Sample]]) -> Batch:
+        batch = self.collate([public for public, _ in pairs])
+        batch.extra["expert"] = self.collate([expert for _, expert in pairs])
+        return batch

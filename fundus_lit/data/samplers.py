@@ -23,9 +23,11 @@ class EpochSampler(DistributedSampler):
         # DistributedSampler reads only len(dataset); a range stands in for it.
         super().__init__(range(size), replicas, rank, shuffle, seed, drop_last)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in super().__iter__():
-            yield int(index), self.epoch
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        # (index, epoch, position in the epoch's global stream): the position tells apart two
+        # draws of one record, so anything drawn per sample (an expert partner) stays independent
+        for k, index in enumerate(super().__iter__()):
+            yield int(index), self.epoch, self.rank + k * self.num_replicas
 
 
 def permutation(size: int, seed: int) -> list[int]:
@@ -55,10 +57,10 @@ class DatasetBalancedSampler(EpochSampler):
         self.num_samples = total // self.num_replicas
         self.total_size = self.num_samples * self.num_replicas
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         which = torch.randint(len(self.groups), (self.total_size,), generator=g)
         pick = torch.rand(self.total_size, generator=g)
         for position in range(self.rank, self.total_size, self.num_replicas):
             members = self.groups[int(which[position])]
-            yield int(members[int(pick[position] * len(members))]), self.epoch
+            yield int(members[int(pick[position] * len(members))]), self.epoch, position

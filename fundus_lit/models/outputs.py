@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -31,4 +32,4 @@ class ModelOutputs:
     multiscale: list[Tensor] | None = None  # backbone features from high to low resolution
     token_states: Tensor | None = None  # last hidden states of the text tower (B, T, H)
     attention: Tensor | None = None  # attention pool's per-head attention (B, heads, h, w)
-    extra: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the expert stream's outputs

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from fundus_lit.models.dual_encoder import DualEncoder
 
 
+STREAMS = ("public", "expert")
+
+
 @dataclass
 class ObjectiveOutput:
     """Named loss terms (summed into the objective's loss) and what to log beside them."""
@@ -37,13 +40,20 @@ class Objective(nn.Module):
     Args:
         weight: Multiplier of this objective's loss in the recipe's weighted sum.
         name: Prefix of this objective's logged values; defaults to the class's ``default_name``.
+        stream: ``public`` (the main batch) or ``expert`` (the second stream of two-stream
+            recipes, e.g. KeepFIT's atlas captions): which batch and model outputs it sees.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"image_emb", "text_emb"})
     default_name: ClassVar[str] = "objective"
 
-    def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
+    def __init__(
+        self, weight: float = 1.0, name: str | None = None, stream: str = "public"
+    ) -> None:
         super().__init__()
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+        self.stream = stream
         unknown = set(self.requires) - ALL_OUTPUTS
         if unknown:
             raise ValueError(f"{type(self).__name__} requires unknown outputs {sorted(unknown)}")
@@ -56,6 +66,17 @@ class Objective(nn.Module):
 
     def forward(self, outputs: ModelOutputs, batch: Batch) -> ObjectiveOutput:
         raise NotImplementedError
+
+    def select(self, outputs: ModelOutputs, batch: Batch) -> tuple[ModelOutputs, Batch]:
+        """The outputs and batch of this objective's stream."""
+        if self.stream == "public":
+            return outputs, batch
+        if "expert" not in batch.extra or "expert" not in outputs.extra:
+            raise ValueError(
+                f"objective {self.name!r} uses the expert stream but the batch has none: give "
+                "the data module `expert:` sources"
+            )
+        return outputs.extra["expert"], batch.extra["expert"]
 
     def after_optimizer_step(self, encoder: DualEncoder) -> None:
         """Runs once per optimiser step, after it (EMA updates, queue writes)."""

@@ -22,6 +22,7 @@ class CLIPObjective(Objective):
     default_name = "clip"
 
     def forward(self, outputs: ModelOutputs, batch: Batch) -> ObjectiveOutput:
+        outputs, batch = self.select(outputs, batch)
         assert outputs.text_emb is not None, "CLIPObjective needs text embeddings"
         image_cols, offset = gather_with_grad(outputs.image_emb)
         text_cols, _ = gather_with_grad(outputs.text_emb)
