@@ -76,6 +76,7 @@ def synth(
     image_format: str = "png",
     reports: bool = False,
     masks: bool = False,
+    atlas: bool = False,
 ) -> None:
     """Write a synthetic fundus dataset in the FLAIR CSV layout (one CSV per site) under ``out``,
     or with ``--reports`` one report CSV (``image,report,labels``) over the same images.
@@ -91,9 +92,16 @@ def synth(
             FLAIR CSVs.
         masks: Write each image's lesion mask and ``masks.csv`` (``image,mask,categories``)
             instead, for dense transfer evaluation.
+        atlas: Write ``atlas.csv`` (``image,caption``: a long atlas-style caption per image)
+            instead, the expert image-caption set of two-stream recipes (KeepFIT).
     """
     from fundus_lit.data.synthetic import write_flair_dataset, write_report_dataset
 
+    if atlas:
+        from fundus_lit.data.synthetic import write_atlas_dataset
+
+        print(write_atlas_dataset(out, n=n, size=size, seed=seed, sites=sites))
+        return
     if masks:
         from fundus_lit.data.synthetic.masks import write_mask_dataset
 

@@ -22,6 +22,17 @@ def configs(recipe: Path) -> list[str]:
     return [*base, "--config", str(recipe)]
 
 
+def tiny(recipe: Path) -> list[str]:
+    """The tiny overlay, plus what the recipe (or a base) needs on top of it, declared in a
+    header line ``# tiny: <path>`` (e.g. the expert stream of two-stream recipes)."""
+    extra = []
+    for path in [a for a in configs(recipe) if a != "--config"]:
+        for line in Path(path).read_text().splitlines()[:3]:
+            if line.startswith("# tiny:"):
+                extra += ["--config", str(ROOT / line.split(":", 1)[1].strip())]
+    return ["--config", TINY, *extra]
+
+
 def test_recipes_exist():
     names = {str(p.relative_to(ROOT)) for p in RECIPES}
     assert {
@@ -33,7 +44,7 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_recipe_prints_config_alone_and_with_overlay(recipe, capsys):
-    for extra in ([], ["--config", TINY]):
+    for extra in ([], tiny(recipe)):
         with pytest.raises(SystemExit) as stop:
             cli_main(["fit", *configs(recipe), *extra, "--print_config"])
         assert stop.value.code in (0, None)
@@ -48,8 +59,7 @@ def test_recipe_smoke_runs_on_synthetic_data(recipe, tmp_path):
         [
             "fit",
             *configs(recipe),
-            "--config",
-            TINY,
+            *tiny(recipe),
             "--trainer.fast_dev_run=2",
             f"--trainer.default_root_dir={tmp_path}",
             "--data.init_args.batch_size=8",

@@ -1,6 +1,7 @@
 """Data layer: records, sources, text builders, transforms, samplers and the DataModule."""
 
 from fundus_lit.data.batch import Batch
+from fundus_lit.data.captions import CaptionCSVSource
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
@@ -23,6 +24,7 @@ from fundus_lit.data.transforms import AugmentConfig
 __all__ = [
     "AugmentConfig",
     "Batch",
+    "CaptionCSVSource",
     "DataError",
     "FlairCSVSource",
     "FundusDataModule",

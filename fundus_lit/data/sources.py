@@ -194,6 +194,9 @@ class SyntheticSource(Source):
             :func:`fundus_lit.data.labels.label_vocabulary`); None = every knowledge category.
         masks: Give every record its lesion mask (drawn with the image), for dense transfer
             evaluation.
+        captions: Give every record a long atlas-style caption (``text``), as an image-caption
+            dataset (MM-Retinal) would, for two-stream recipes' expert stream; cannot be combined
+            with ``reports``.
     """
 
     def __init__(
@@ -207,16 +210,19 @@ class SyntheticSource(Source):
         reports: bool = False,
         label_names: list[str] | None = None,
         masks: bool = False,
+        captions: bool = False,
     ) -> None:
+        if reports and captions:
+            raise ValueError("SyntheticSource: reports and captions both set the text; pick one")
         self.n, self.size, self.seed, self.sites, self.offset = n, size, seed, sites, offset
-        self.cache, self.masks = cache, masks
+        self.cache, self.masks, self.captions = cache, masks, captions
         self.reports = reports
         self.label_names = list(label_names) if label_names is not None else None
         self._synth = None
         self._images: dict[int, Image.Image] = {}
 
     def __repr__(self) -> str:
-        extra = ", reports=True" if self.reports else ""
+        extra = ", reports=True" if self.reports else (", captions=True" if self.captions else "")
         return (
             f"SyntheticSource(n={self.n}, size={self.size}, seed={self.seed}, sites={self.sites}"
             f"{extra})"
@@ -242,6 +248,9 @@ class SyntheticSource(Source):
             from fundus_lit.data.synthetic import synthetic_report as report_of
 
             vocabulary = label_vocabulary(self.label_names)
+        caption_of = None
+        if self.captions:
+            from fundus_lit.data.synthetic.atlas import atlas_caption as caption_of
         # few distinct category lists exist, and multi_hot re-keys the vocabulary on every call
         vectors: dict[tuple[str, ...], tuple[float, ...]] = {}
         records = []
@@ -253,6 +262,8 @@ class SyntheticSource(Source):
                 if key not in vectors:
                     vectors[key] = multi_hot(key, vocabulary)
                 text, labels = report_of(self.synth, i), vectors[key]
+            if caption_of is not None:
+                text = caption_of(self.synth, i)
             records.append(
                 FundusRecord(
                     image=f"synthetic:{i}",

@@ -3,6 +3,7 @@
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.flair import FLAIRObjective
+from fundus_lit.objectives.keepfit import RevisionObjective
 from fundus_lit.objectives.pseudo_seg import PseudoSegObjective
 from fundus_lit.objectives.wsc import WSCObjective
 
@@ -12,5 +13,6 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "PseudoSegObjective",
+    "RevisionObjective",
     "WSCObjective",
 ]
