@@ -223,3 +223,59 @@ def test_every_rank_holds_the_same_queue_after_a_step(tmp_path):
         torch.testing.assert_close(queues[0]["text_queue"][:4], keys.encode_text(t[:4])["emb"])
     assert torch.equal(queues[0]["label_queue"][:4], LABELS[:4])
     assert int(queues[0]["queue_ptr"]) == 4 and int(queues[0]["queue_fill"]) == 4
+
+
+def _keepfit_loss(outputs):
+    """Expert-stream CLIP + 100 x revision, on outputs carrying the expert rows in extra."""
+    from fundus_lit.objectives.keepfit import RevisionObjective
+
+    torch.manual_seed(5)  # the same revision attention on every rank and in the reference
+    revision = RevisionObjective()
+    revision.attach(SimpleNamespace(embed_dim=D), 0)
+    batch = SimpleNamespace(extra={"expert": SimpleNamespace()})
+    clip = CLIPObjective(stream="expert")(outputs, batch).losses["loss"]
+    return clip + 100 * revision(outputs, batch).losses["loss"]
+
+
+def _split_streams(out, n):
+    public = ModelOutputs(image_emb=out.image_emb[:n], text_emb=out.text_emb[:n], scale=out.scale)
+    expert = ModelOutputs(image_emb=out.image_emb[n:], text_emb=out.text_emb[n:], scale=out.scale)
+    public.extra["expert"] = expert
+    return public
+
+
+def _expert_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, t = data()
+        share = B // 2 // world  # public rows 0..5, expert rows 6..11, split between ranks
+        pub = slice(rank * share, (rank + 1) * share)
+        exp = slice(B // 2 + rank * share, B // 2 + (rank + 1) * share)
+        model = nn.parallel.DistributedDataParallel(Toy())
+        # one forward over both streams: DDP expects one forward per backward
+        out = model(torch.cat([x[pub], x[exp]]), torch.cat([t[pub], t[exp]]))
+        loss = _keepfit_loss(_split_streams(out, share))
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        grads = {n: p.grad.clone() for n, p in model.module.named_parameters()}
+        torch.save(
+            {"loss": mean_loss / world, "grads": grads}, os.path.join(out_dir, f"e{rank}.pt")
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_expert_stream_objectives_on_two_ranks_equal_one_process(tmp_path):
+    """KeepFIT v1's expert CLIP and revision terms gather the expert rows like CLIP does."""
+    mp.spawn(_expert_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"e{r}.pt") for r in range(2)]
+    model = Toy()
+    x, t = data()
+    loss = _keepfit_loss(_split_streams(model(x, t), B // 2))
+    loss.backward()
+    for res in ranks:
+        torch.testing.assert_close(res["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(res["grads"][name], p.grad, rtol=1e-5, atol=1e-6)
