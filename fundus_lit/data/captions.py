@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from PIL import Image
-
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import Source, parse_list_cell, read_rgb
+from fundus_lit.data.sources import CSVSource, parse_list_cell
 
 __all__ = ["CaptionCSVSource", "caption_from_cell"]
 
@@ -34,7 +32,7 @@ def caption_from_cell(cell: str, where: str) -> str:
     return ". ".join([p.rstrip(". ") for p in parts[:-1]] + parts[-1:])
 
 
-class CaptionCSVSource(Source):
+class CaptionCSVSource(CSVSource):
     """The MM-Retinal caption layout: a CSV ``image,caption`` with image paths relative to
     ``root``. Extra columns are ignored and a pandas index column (empty header) is tolerated.
 
@@ -51,8 +49,7 @@ class CaptionCSVSource(Source):
     """
 
     def __init__(self, csv: str, root: str | None = None, caption_column: str = "caption") -> None:
-        self.csv = Path(csv).expanduser()
-        self.root = Path(root).expanduser() if root else self.csv.parent
+        super().__init__(csv, root)
         self.caption_column = caption_column
 
     def __repr__(self) -> str:
@@ -73,10 +70,7 @@ class CaptionCSVSource(Source):
         return self.caption_column
 
     def load(self) -> list[FundusRecord]:
-        if not self.csv.is_file():
-            raise DataError(f"CSV file {self.csv} does not exist")
-        if not self.root.is_dir():
-            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+        self.require_files()
         with self.csv.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             columns = set(reader.fieldnames or [])
@@ -105,19 +99,6 @@ class CaptionCSVSource(Source):
             text=caption_from_cell(row.get(column) or "", f"{where}, column '{column}'"),
             origin=where,
         )
-
-    def check(self, records: list[FundusRecord]) -> None:
-        missing = [r for r in records if not (self.root / r.image).is_file()]
-        if missing:
-            shown = "\n".join(f"  {self.root / r.image} ({r.origin})" for r in missing[:_SHOWN])
-            more = f"\n  ... and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-            raise DataError(
-                f"{len(missing)} of {len(records)} images listed in {self.csv} are missing:\n"
-                f"{shown}{more}"
-            )
-
-    def open_image(self, record: FundusRecord) -> Image.Image:
-        return read_rgb(self.root / record.image, record.origin)
 
 
 def _empty_message(path: Path, column: str, empty: list[FundusRecord]) -> str:

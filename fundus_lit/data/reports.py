@@ -11,12 +11,10 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
-
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.labels import LabelExtractor, multi_hot
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import Source, parse_list_cell, read_rgb
+from fundus_lit.data.sources import CSVSource, parse_list_cell
 from fundus_lit.knowledge import KnowledgeBase
 
 logger = logging.getLogger(__name__)
@@ -24,7 +22,7 @@ logger = logging.getLogger(__name__)
 _EXAMPLES = 3
 
 
-class ReportCSVSource(Source):
+class ReportCSVSource(CSVSource):
     """Report data (ViLReF-style): one report per image, and a multi-hot label vector per record.
 
     A non-empty ``labels`` cell is used as written; otherwise the labels come from the
@@ -51,20 +49,13 @@ class ReportCSVSource(Source):
         knowledge: list[str] | None = None,
         uncertain: Literal["positive", "negative"] = "positive",
     ) -> None:
-        self.csv = Path(csv).expanduser()
-        self.root = Path(root).expanduser() if root else self.csv.parent
+        super().__init__(csv, root)
         self.labels = labels
         self.knowledge = knowledge
         self.uncertain = uncertain
 
-    def __repr__(self) -> str:
-        return f"ReportCSVSource(csv={str(self.csv)!r}, root={str(self.root)!r})"
-
     def load(self) -> list[FundusRecord]:
-        if not self.csv.is_file():
-            raise DataError(f"CSV file {self.csv} does not exist")
-        if not self.root.is_dir():
-            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+        self.require_files()
         try:
             extractor = LabelExtractor(self.labels, self.knowledge, self.uncertain)
         except ValueError as err:  # unknown label name or bad knowledge file: a config error
@@ -138,19 +129,6 @@ class ReportCSVSource(Source):
             empty,
             examples,
         )
-
-    def check(self, records: list[FundusRecord]) -> None:
-        missing = [r for r in records if not (self.root / r.image).is_file()]
-        if missing:
-            shown = "\n".join(f"  {self.root / r.image} ({r.origin})" for r in missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DataError(
-                f"{len(missing)} of {len(records)} images listed in {self.csv} are missing:\n"
-                f"{shown}{more}"
-            )
-
-    def open_image(self, record: FundusRecord) -> Image.Image:
-        return read_rgb(self.root / record.image, record.origin)
 
 
 def _canonical(names: tuple[str, ...], kb: KnowledgeBase, where: str) -> list[str]:

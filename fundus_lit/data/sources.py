@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import csv
 from pathlib import Path
+from typing import ClassVar
 
 from PIL import Image
 
@@ -48,7 +49,55 @@ def parse_list_cell(cell: str, where: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
-class FlairCSVSource(Source):
+class CSVSource(Source):
+    """Base of the CSV layouts: paths relative to a data root (default: the CSV's folder).
+
+    What every CSV reader needs lives here once: the file and root must exist, every listed
+    file must exist before training starts (reported with its row), images decode to RGB.
+
+    Args:
+        csv: Path of the CSV file.
+        root: Data root the paths are relative to; defaults to the CSV's folder.
+    """
+
+    #: record fields holding paths that :meth:`check` verifies
+    path_fields: ClassVar[tuple[str, ...]] = ("image",)
+
+    def __init__(self, csv: str, root: str | None = None) -> None:
+        self.csv = Path(csv).expanduser()
+        self.root = Path(root).expanduser() if root else self.csv.parent
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(csv={str(self.csv)!r}, root={str(self.root)!r})"
+
+    def require_files(self) -> None:
+        """The CSV and its data root exist; called first by ``load``."""
+        if not self.csv.is_file():
+            raise DataError(f"CSV file {self.csv} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+
+    def check(self, records: list[FundusRecord]) -> None:
+        missing = [
+            f"  {self.root / path} ({r.origin})"
+            for r in records
+            for path in (getattr(r, field) or "" for field in self.path_fields)
+            if not (self.root / path).is_file()
+        ]
+        if missing:
+            what = f"of {len(records)} images" if self.path_fields == ("image",) else "files"
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(
+                f"{len(missing)} {what} listed in {self.csv} are missing:\n"
+                + "\n".join(missing[:10])
+                + more
+            )
+
+    def open_image(self, record: FundusRecord) -> Image.Image:
+        return read_rgb(self.root / record.image, record.origin)
+
+
+class FlairCSVSource(CSVSource):
     """The FLAIR/KeepFIT CSV layout: ``,image,atributes,categories`` (pandas index column, the
     ``atributes`` spelling of the real files; ``attributes`` is accepted too).
 
@@ -58,18 +107,8 @@ class FlairCSVSource(Source):
             first component of each image path is the dataset name.
     """
 
-    def __init__(self, csv: str, root: str | None = None) -> None:
-        self.csv = Path(csv).expanduser()
-        self.root = Path(root).expanduser() if root else self.csv.parent
-
-    def __repr__(self) -> str:
-        return f"FlairCSVSource(csv={str(self.csv)!r}, root={str(self.root)!r})"
-
     def load(self) -> list[FundusRecord]:
-        if not self.csv.is_file():
-            raise DataError(f"CSV file {self.csv} does not exist")
-        if not self.root.is_dir():
-            raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
+        self.require_files()
         with self.csv.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             columns = set(reader.fieldnames or [])
@@ -94,25 +133,13 @@ class FlairCSVSource(Source):
             origin=where,
         )
 
-    def check(self, records: list[FundusRecord]) -> None:
-        missing = [r for r in records if not (self.root / r.image).is_file()]
-        if missing:
-            shown = "\n".join(f"  {self.root / r.image} ({r.origin})" for r in missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DataError(
-                f"{len(missing)} of {len(records)} images listed in {self.csv} are missing:\n"
-                f"{shown}{more}"
-            )
 
-    def open_image(self, record: FundusRecord) -> Image.Image:
-        return read_rgb(self.root / record.image, record.origin)
-
-
-def read_rgb(path: Path, origin: str) -> Image.Image:
-    """Decode an image file to RGB; a broken file is a :class:`DataError` naming it."""
+def read_rgb(path: Path, origin: str, mode: str = "RGB") -> Image.Image:
+    """Decode an image file (to RGB, or ``mode``: "L" for masks); a broken file is a
+    :class:`DataError` naming it."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return img.convert(mode)
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path} ({origin}): {err}") from err
 
@@ -295,7 +322,7 @@ class SyntheticSource(Source):
         return Image.fromarray((mask > 0).astype("uint8") * 255, mode="L")
 
 
-class MaskCSVSource(Source):
+class MaskCSVSource(CSVSource):
     """Segmentation data for dense transfer evaluation: a CSV ``image,mask[,categories]`` with
     paths relative to ``root`` (default the CSV's folder); a mask is non-zero on lesions.
 
@@ -304,16 +331,10 @@ class MaskCSVSource(Source):
         root: Data root of the image and mask paths.
     """
 
-    def __init__(self, csv: str, root: str | None = None) -> None:
-        self.csv = Path(csv).expanduser()
-        self.root = Path(root).expanduser() if root else self.csv.parent
-
-    def __repr__(self) -> str:
-        return f"MaskCSVSource(csv={str(self.csv)!r})"
+    path_fields: ClassVar[tuple[str, ...]] = ("image", "mask")
 
     def load(self) -> list[FundusRecord]:
-        if not self.csv.is_file():
-            raise DataError(f"CSV file {self.csv} does not exist")
+        self.require_files()
         with self.csv.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             missing = {"image", "mask"} - set(reader.fieldnames or [])
@@ -340,28 +361,5 @@ class MaskCSVSource(Source):
                 )
         return records
 
-    def check(self, records: list[FundusRecord]) -> None:
-        missing = [
-            f"  {self.root / path} ({r.origin})"
-            for r in records
-            for path in (r.image, r.mask or "")
-            if not (self.root / path).is_file()
-        ]
-        if missing:
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DataError(
-                f"{len(missing)} files listed in {self.csv} are missing:\n"
-                + "\n".join(missing[:10])
-                + more
-            )
-
-    def open_image(self, record: FundusRecord) -> Image.Image:
-        return read_rgb(self.root / record.image, record.origin)
-
     def open_mask(self, record: FundusRecord) -> Image.Image:
-        path = self.root / (record.mask or "")
-        try:
-            with Image.open(path) as img:
-                return img.convert("L")
-        except (OSError, SyntaxError) as err:
-            raise DataError(f"cannot read mask {path} ({record.origin}): {err}") from err
+        return read_rgb(self.root / (record.mask or ""), record.origin, mode="L")
