@@ -19,7 +19,7 @@ from fundus_lit.data.errors import DataError
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.features import default_device, extract_features
-from fundus_lit.eval.loading import load_encoder
+from fundus_lit.eval.loading import instantiate_for_model, load_encoder
 from fundus_lit.models.dual_encoder import DualEncoder
 
 INDEX_FILE, RECORDS_FILE, META_FILE = "index.faiss", "records.jsonl", "meta.json"
@@ -52,10 +52,7 @@ def build_index(parser, cfg) -> CaseIndex:
 
     ckpt = Path(cfg.ckpt).resolve()
     encoder, hp = load_encoder(ckpt)
-    cfg.data.init_args.tokenizer = hp["text"]["name"]
-    cfg.data.init_args.max_length = hp["text"]["max_length"]
-    cfg.data.init_args.image_size = hp["image_size"]
-    dm = parser.instantiate_classes(cfg).data
+    dm = instantiate_for_model(parser, cfg, hp).data
     dm.setup("test")
     items = dm.splits[cfg.split]
     if not items:

@@ -18,7 +18,7 @@ import torch
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.eval.features import Features, extract_features
-from fundus_lit.eval.loading import load_encoder
+from fundus_lit.eval.loading import instantiate_for_model, load_encoder, read_checkpoint
 from fundus_lit.eval.report import (
     confusion_figure,
     confusion_matrix,
@@ -26,6 +26,7 @@ from fundus_lit.eval.report import (
     scalars,
     update_json,
 )
+from fundus_lit.eval.zeroshot import ZeroShot
 from fundus_lit.knowledge import category_key
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,9 @@ class Evaluation:
     def __init__(self, parser, cfg) -> None:
         self.tasks = parse_tasks(cfg.tasks)
         self.ckpt = Path(cfg.ckpt)
-        self.encoder, self.hp = load_encoder(self.ckpt)
-        # the model decides how images and texts are prepared, not the data config
-        cfg.data.init_args.tokenizer = self.hp["text"]["name"]
-        cfg.data.init_args.max_length = self.hp["text"]["max_length"]
-        cfg.data.init_args.image_size = self.hp["image_size"]
-        self.cfg = cfg = parser.instantiate_classes(cfg)
+        self.checkpoint = read_checkpoint(self.ckpt)  # read once: encoder, step, decoder
+        self.encoder, self.hp = load_encoder(self.ckpt, self.checkpoint)
+        self.cfg = cfg = instantiate_for_model(parser, cfg, self.hp)
         self.dm = cfg.data
         self.dm.setup("test")
         self.split = cfg.split
@@ -137,6 +135,8 @@ class Evaluation:
                     f"tasks {self.tasks} need `classes:` (at least 2) in the evaluation config"
                 )
             check_classes(self.classes, records, self.split)
+            p = self.cfg.zeroshot
+            self.zeroshot = ZeroShot(self.classes, p.knowledge, p.renormalize, p.template)
             if "probe" in self.tasks or "fewshot" in self.tasks:
                 train = self.records("train")
                 if not train:
@@ -160,26 +160,13 @@ class Evaluation:
         )
 
     def targets(self, feats: Features) -> np.ndarray:
-        index = {category_key(c): i for i, c in enumerate(self.classes)}
-        return np.array(
-            [
-                index.get(category_key(r.categories[0]), -1) if r.categories else -1
-                for r in feats.records
-            ],
-            dtype=np.int64,
-        )
+        """Class index of each record (its first category), -1 when it is not a class."""
+        return self.zeroshot.targets([r.categories for r in feats.records]).numpy()
 
     # -- tasks -------------------------------------------------------------------------------
     def prototypes(self) -> torch.Tensor:
-        from fundus_lit.eval.zeroshot import ZeroShot
-
-        p = self.cfg.zeroshot
-        zs = ZeroShot(self.classes, p.knowledge, p.renormalize, p.template)
-        device = self.encoder.logit_scale.device
-        protos = zs.prototypes(
-            self.encoder, self.dm.collate.tokenizer, self.hp["text"]["max_length"]
-        )
-        return protos.to(device).float().cpu()
+        tokenizer, length = self.dm.collate.tokenizer, self.hp["text"]["max_length"]
+        return self.zeroshot.prototypes(self.encoder, tokenizer, length).float().cpu()
 
     def confusion(self, name: str, logits, targets: np.ndarray, title: str) -> None:
         preds = np.asarray(torch.as_tensor(logits).argmax(dim=1))
@@ -187,19 +174,11 @@ class Evaluation:
         self.figures[name] = confusion_figure(cm, self.classes, title)
 
     def run_zeroshot(self, test: Features, protos: torch.Tensor) -> dict:
-        from fundus_lit.eval.metrics import classification_metrics
-
         y = self.targets(test)
+        scale = self.encoder.scale().detach().cpu()
+        result = self.zeroshot.evaluate(test.image_emb, torch.from_numpy(y), protos, scale)
         known = y >= 0
-        logits = self.encoder.scale().detach().cpu() * test.image_emb[known] @ protos.t()
-        labels = torch.from_numpy(y[known])
-        result: dict = classification_metrics(logits, labels)
-        preds = logits.argmax(dim=1)
-        result["per_class_recall"] = {
-            c: float((preds[labels == k] == k).float().mean()) if (labels == k).any() else None
-            for k, c in enumerate(self.classes)
-        }
-        result |= {"n": int(known.sum()), "skipped": int((~known).sum()), "classes": self.classes}
+        logits = scale * test.image_emb[known] @ protos.t()
         self.confusion("zeroshot", logits, y[known], f"zero-shot ({self.split})")
         return result
 
@@ -306,7 +285,7 @@ class Evaluation:
             self.hp["image_size"],
             self.dm.crop_fov,
             self.cfg.segmentation,
-            self.ckpt,
+            self.checkpoint,
             min(self.dm.num_workers, 2),
         )
 
@@ -321,9 +300,7 @@ class Evaluation:
         report = markdown(results, title)
         md_path = self.out / f"eval{tag}.md"
         md_path.write_text(report + "\n")
-        step = int(
-            torch.load(self.ckpt, map_location="cpu", weights_only=True).get("global_step", 0)
-        )
+        step = int(self.checkpoint.get("global_step", 0))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(self.out))

@@ -13,16 +13,23 @@ from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 
 
-def load_encoder(path: str | Path) -> tuple[DualEncoder, dict]:
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint, weights-only (plain hyper-parameters make that possible)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_encoder(path: str | Path, ckpt: dict | None = None) -> tuple[DualEncoder, dict]:
     """The encoder weights of a PretrainModule checkpoint and its hyper-parameters.
 
     Towers are built from their configs (no pretrained download) and filled from the checkpoint;
     objective modules (decoders, momentum copies) are not needed for evaluation and are skipped.
+    Pass ``ckpt`` when the caller has read the file already and needs more of it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hp = ckpt.get("hyper_parameters", {})
     if "vision" not in hp or "text" not in hp:
         raise DataError(f"checkpoint {path} was not written by fundus-lit's PretrainModule")
@@ -69,3 +76,12 @@ def check_keys(source: str, target: str, expected: dict, found: dict, shown: int
             more = f" ... and {len(keys) - shown} more" if len(keys) > shown else ""
             parts.append(f"  {len(keys)} {title}: {', '.join(keys[:shown])}{more}")
     raise DataError("\n".join(parts))
+
+
+def instantiate_for_model(parser, cfg, hp: dict):
+    """Instantiate an evaluation config whose ``data`` must prepare images and texts the way the
+    checkpoint's model expects: its tokenizer, text length and image size win over the config's."""
+    cfg.data.init_args.tokenizer = hp["text"]["name"]
+    cfg.data.init_args.max_length = hp["text"]["max_length"]
+    cfg.data.init_args.image_size = hp["image_size"]
+    return parser.instantiate_classes(cfg)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -94,27 +93,29 @@ class MaskDataset(Dataset):
         return pixels.contiguous(), target[None].float()
 
 
-def pretrained_decoder_state(ckpt: Path) -> dict[str, Tensor]:
+def pretrained_decoder_state(checkpoint: dict) -> dict[str, Tensor]:
     """The pseudo-segmentation decoder's weights in a training checkpoint, if any."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     pattern = re.compile(r"^objectives\.(\d+)\.decoder\.")
+    state = checkpoint["state_dict"]
     found = {pattern.sub("", k): v for k, v in state.items() if pattern.match(k)}
     if not found:
         raise DataError(
-            f"checkpoint {ckpt} has no pseudo-segmentation decoder (objectives.N.decoder.*); "
+            "the checkpoint has no pseudo-segmentation decoder (objectives.N.decoder.*); "
             "use segmentation.decoder: fresh"
         )
     return found
 
 
-def make_decoder(encoder: DualEncoder, cfg: SegmentationConfig, ckpt: Path) -> nn.Module:
+def make_decoder(
+    encoder: DualEncoder, cfg: SegmentationConfig, pretrained: dict[str, Tensor] | None
+) -> nn.Module:
+    """A fresh decoder for the backbone, or one filled with ``pretrained`` weights."""
     torch.manual_seed(cfg.seed)
-    if cfg.decoder == "fresh":
+    if pretrained is None:
         return build_decoder(encoder.vision.model, "auto", 1)
-    state = pretrained_decoder_state(ckpt)
-    channels = state["head.weight"].shape[0] if "head.weight" in state else 1
+    channels = pretrained["head.weight"].shape[0] if "head.weight" in pretrained else 1
     decoder = build_decoder(encoder.vision.model, "auto", channels)
-    decoder.load_state_dict(state)
+    decoder.load_state_dict(pretrained)
     if channels != 1:  # per-head pretraining: keep the body, re-initialise a 1-channel head
         decoder.head = nn.Conv2d(decoder.head.in_channels, 1, 1)
     return decoder
@@ -176,7 +177,7 @@ def run_segmentation(
     image_size: int,
     crop_fov: bool,
     cfg: SegmentationConfig,
-    ckpt: Path,
+    checkpoint: dict,
     num_workers: int = 0,
 ) -> dict:
     """Dice on ``test`` after training a decoder on each fraction of ``train``'s masks."""
@@ -193,6 +194,7 @@ def run_segmentation(
     test_loader = DataLoader(
         MaskDataset(test, image_size, crop_fov), batch_size=cfg.batch_size, num_workers=num_workers
     )
+    pretrained = pretrained_decoder_state(checkpoint) if cfg.decoder == "pretrained" else None
     rng = np.random.default_rng(cfg.seed)
     result: dict = {"decoder": cfg.decoder, "n_test": len(test)}
     for fraction in cfg.fractions:
@@ -205,7 +207,7 @@ def run_segmentation(
             num_workers=num_workers,
             generator=torch.Generator().manual_seed(cfg.seed),
         )
-        decoder = make_decoder(encoder, cfg, ckpt)
+        decoder = make_decoder(encoder, cfg, pretrained)
         train_decoder(encoder, decoder, loader, cfg)
         scores = test_decoder(encoder, decoder, test_loader)
         result[f"{fraction * 100:g}%"] = scores | {"n_train": n}
