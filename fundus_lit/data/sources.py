@@ -247,6 +247,7 @@ class SyntheticSource(Source):
         self.label_names = list(label_names) if label_names is not None else None
         self._synth = None
         self._images: dict[int, Image.Image] = {}
+        self._masks: dict[int, Image.Image] = {}
 
     def __repr__(self) -> str:
         extra = ", reports=True" if self.reports else (", captions=True" if self.captions else "")
@@ -264,7 +265,7 @@ class SyntheticSource(Source):
         return self._synth
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_synth": None, "_images": {}}
+        return self.__dict__ | {"_synth": None, "_images": {}, "_masks": {}}
 
     def load(self) -> list[FundusRecord]:
         if self.n <= 0:
@@ -305,21 +306,30 @@ class SyntheticSource(Source):
             )
         return records
 
+    def _draw(self, index: int) -> tuple[Image.Image, Image.Image | None]:
+        """Image and (with ``masks``) lesion mask of one index, drawn once: a mask costs the
+        whole drawing, so it is made with the image, and both are cached together."""
+        if index in self._images:
+            return self._images[index], self._masks.get(index)
+        sample = self.synth.sample(index, with_mask=self.masks)
+        image, mask = Image.fromarray(sample.image), None
+        if sample.lesion_mask is not None:
+            mask = Image.fromarray((sample.lesion_mask > 0).astype("uint8") * 255, mode="L")
+        if self.cache:
+            self._images[index] = image
+            if mask is not None:
+                self._masks[index] = mask
+        return image, mask
+
     def open_image(self, record: FundusRecord) -> Image.Image:
-        index = int(record.image.split(":", 1)[1])
-        image = self._images.get(index)
-        if image is None:
-            image = Image.fromarray(self.synth.sample(index).image)
-            if self.cache:
-                self._images[index] = image
-        return image
+        return self._draw(int(record.image.split(":", 1)[1]))[0]
 
     def open_mask(self, record: FundusRecord) -> Image.Image:
         if record.mask is None:
             return super().open_mask(record)
-        index = int(record.mask.split(":", 1)[1])
-        mask = self.synth.sample(index, with_mask=True).lesion_mask
-        return Image.fromarray((mask > 0).astype("uint8") * 255, mode="L")
+        mask = self._draw(int(record.mask.split(":", 1)[1]))[1]
+        assert mask is not None  # records get a mask reference only when masks are drawn
+        return mask
 
 
 class MaskCSVSource(CSVSource):
