@@ -22,9 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .generator import CATEGORIES, Finding, FundusSynth, _Plan
+from .generator import CATEGORIES, Finding, FundusSynth, _Plan, save_image
 from .reports import IMPRESSION_NAMES, _Dice, _sentences
 
 __all__ = ["atlas_caption", "write_atlas_dataset"]
@@ -365,11 +364,7 @@ def write_atlas_dataset(
     synth = FundusSynth(seed=seed, size=size, sites=sites)
     rows = []
     for i in range(offset, offset + n):
-        s = synth.sample(i)
-        rel = f"{s.site}/images/{i:06d}.png"
-        (out / s.site / "images").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(s.image).save(out / rel)
-        rows.append([rel, atlas_caption(synth, i)])
+        rows.append([save_image(out, synth.sample(i), i), atlas_caption(synth, i)])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "atlas.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:

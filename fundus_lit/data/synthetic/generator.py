@@ -317,6 +317,17 @@ class FundusSynth:
         )
 
 
+def save_image(out: Path, sample: SynthSample, index: int, image_format: str = "png") -> str:
+    """Write one image at ``site/images/NNNNNN.<format>`` under `out`, the layout every synthetic
+    writer shares so one folder serves several CSV formats; returns the relative path."""
+    rel = f"{sample.site}/images/{index:06d}.{image_format}"
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sample.image).save(
+        out / rel, **({"quality": 95} if image_format == "jpg" else {})
+    )
+    return rel
+
+
 def write_flair_dataset(
     out: str | Path,
     n: int,
@@ -337,11 +348,7 @@ def write_flair_dataset(
     rows: dict[str, list[list[str]]] = {cam.name: [] for cam in synth.cameras}
     for i in range(n):
         s = synth.sample(i)
-        rel = f"{s.site}/images/{i:06d}.{image_format}"
-        (out / s.site / "images").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(s.image).save(
-            out / rel, **({"quality": 95} if image_format == "jpg" else {})
-        )
+        rel = save_image(out, s, i, image_format)
         rows[s.site].append([rel, repr(s.attributes), repr(s.categories)])
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fundus_lit.data.synthetic.generator import FundusSynth
+from fundus_lit.data.synthetic.generator import FundusSynth, save_image
 
 
 def write_mask_dataset(
@@ -22,10 +22,8 @@ def write_mask_dataset(
     rows = []
     for i in range(n):
         sample = synth.sample(i, with_mask=True)
-        image, mask = f"{sample.site}/images/{i:06d}.png", f"{sample.site}/masks/{i:06d}.png"
-        for rel in (image, mask):
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample.image).save(out / image)
+        image, mask = save_image(out, sample, i), f"{sample.site}/masks/{i:06d}.png"
+        (out / mask).parent.mkdir(parents=True, exist_ok=True)
         lesion = (np.asarray(sample.lesion_mask) > 0).astype(np.uint8) * 255
         Image.fromarray(lesion, mode="L").save(out / mask)
         rows.append([image, mask, repr(list(sample.categories))])

@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
 
-from .generator import CATEGORIES, Finding, FundusSynth, _Plan
+from .generator import CATEGORIES, Finding, FundusSynth, _Plan, save_image
 
 __all__ = [
     "IMPLIED_BY",
@@ -662,12 +661,7 @@ def write_report_dataset(
     rows = []
     for i in range(n):
         s = synth.sample(i)
-        rel = f"{s.site}/images/{i:06d}.{image_format}"
-        (out / s.site / "images").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(s.image).save(
-            out / rel, **({"quality": 95} if image_format == "jpg" else {})
-        )
-        row = [rel, synthetic_report(synth, i)]
+        row = [save_image(out, s, i, image_format), synthetic_report(synth, i)]
         rows.append([*row, repr(s.categories)] if with_labels else row)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "reports.csv"
