@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -19,15 +21,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.models.resolve import ModelNotFoundError
-from fundus_lit.module import PretrainModule
 
 
 class FundusLitCLI(LightningCLI):
     """LightningCLI with the links that keep values stated once.
 
     ``data.image_size`` and ``data.batch_size`` feed the model; the text tower's name and length
-    feed the tokenizer of the data module. Every ``fit`` also gets a checkpoint callback (keys under
-    ``checkpoint.``) keeping the last and the best checkpoint by validation loss.
+    feed the tokenizer of the data module. A link whose key the chosen model or data class lacks
+    (the text pretraining module has no image size) is skipped. Every ``fit`` also gets a
+    checkpoint callback (keys under ``checkpoint.``) keeping the last and the best checkpoint by
+    validation loss.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -46,6 +49,25 @@ class FundusLitCLI(LightningCLI):
             }
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: the checkpoint's hyper-parameters become the init_args of the config's
+        model class. Lightning passes them bare, and with the generic LightningModule base
+        jsonargparse then reads a dict argument's dotted keys (``lr_multipliers: {encoder.text:
+        0.1}``) as nested options and refuses them."""
+        command = self.config.get("subcommand")
+        ckpt_path = self.config[command].get("ckpt_path") if command else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(
+            "hyper_parameters", {}
+        )
+        hparams = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path")}
+        model = self.config[command].get("model")
+        if not hparams or model is None or not model.get("class_path"):
+            return super()._parse_ckpt_path()
+        update = {"class_path": model["class_path"], "init_args": hparams}
+        self.config = self.parser.parse_object({command: {"model": update}}, self.config)
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # `trainer.enable_checkpointing: false` must switch the built-in checkpoint off too,
         # instead of clashing with it.
@@ -56,9 +78,11 @@ class FundusLitCLI(LightningCLI):
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> FundusLitCLI:
     """Run (or, with ``run=False``, only build) the trainer CLI; tests call this in-process."""
+    # Any LightningModule / DataModule: recipes name theirs (PretrainModule + FundusDataModule, or
+    # the text pretraining pair of keepfit_v2_text); links skip keys a class does not have.
     return FundusLitCLI(
-        PretrainModule,
-        FundusDataModule,
+        L.LightningModule,
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
