@@ -18,7 +18,7 @@ from fundus_lit.models.vision import VisionConfig
 from fundus_lit.objectives.base import Objective
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.distributed import world
-from fundus_lit.optim import OptimConfig, param_groups, warmup_cosine, warmup_steps
+from fundus_lit.optim import OptimConfig, adamw_with_schedule
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -189,13 +189,6 @@ class PretrainModule(L.LightningModule):
             obj.after_optimizer_step(self.encoder)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim
-        optimizer = torch.optim.AdamW(
-            param_groups(self.named_parameters(), cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
+        return adamw_with_schedule(
+            self.named_parameters(), self.optim, self.trainer.estimated_stepping_batches
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = warmup_steps(cfg.warmup, total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warm, total, cfg.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -68,3 +70,17 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def adamw_with_schedule(
+    named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig, total_steps: int
+) -> dict[str, Any]:
+    """What ``configure_optimizers`` returns: AdamW over :func:`param_groups`, and the warm-up +
+    cosine factor stepped per optimiser step (not per epoch: runs are often a few epochs)."""
+    optimizer = torch.optim.AdamW(param_groups(named, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    total = max(1, int(total_steps))
+    warm = warmup_steps(cfg.warmup, total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warm, total, cfg.min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

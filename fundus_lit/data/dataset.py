@@ -65,8 +65,9 @@ class RecordDataset(Dataset):
         )
 
 
-class Collator:
-    """Stacks images and tokenises texts in the loader workers, never in the training step."""
+class Tokenizing:
+    """Holds a tokenizer by name and loads it on first use, in each loader worker: a loaded
+    tokenizer is not sent to the workers (pickling one is slow, and some are not picklable)."""
 
     def __init__(self, tokenizer: str, max_length: int) -> None:
         self.tokenizer_name, self.max_length = tokenizer, max_length
@@ -82,6 +83,10 @@ class Collator:
 
     def __getstate__(self) -> dict:
         return self.__dict__ | {"_tokenizer": None}
+
+
+class Collator(Tokenizing):
+    """Stacks images and tokenises texts in the loader workers, never in the training step."""
 
     def __call__(self, samples: list[Sample]) -> Batch:
         texts = [s.text for s in samples]
