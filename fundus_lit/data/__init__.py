@@ -2,6 +2,13 @@
 
 from fundus_lit.data.batch import Batch
 from fundus_lit.data.captions import CaptionCSVSource
+from fundus_lit.data.corpus import (
+    KnowledgeText,
+    RecordText,
+    TextCorpusDataModule,
+    TextFile,
+    TextSource,
+)
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
@@ -31,11 +38,16 @@ __all__ = [
     "FundusRecord",
     "ImageFolderSource",
     "KnowledgePromptBuilder",
+    "KnowledgeText",
     "MaskCSVSource",
+    "RecordText",
     "ReportCSVSource",
     "ReportTextBuilder",
     "Source",
     "SyntheticSource",
     "TemplateTextBuilder",
     "TextBuilder",
+    "TextCorpusDataModule",
+    "TextFile",
+    "TextSource",
 ]

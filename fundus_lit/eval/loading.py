@@ -34,7 +34,7 @@ def load_encoder(path: str | Path, ckpt: dict | None = None) -> tuple[DualEncode
     if "vision" not in hp or "text" not in hp:
         raise DataError(f"checkpoint {path} was not written by fundus-lit's PretrainModule")
     vision = replace(VisionConfig(**hp["vision"]), pretrained=False, weights=None)
-    text = replace(TextConfig(**hp["text"]), pretrained=False)
+    text = replace(TextConfig(**hp["text"]), pretrained=False, init_weights=None)
     encoder = DualEncoder(
         vision, text, hp["embed_dim"], hp["image_size"], hp["projection"], hp["temperature"]
     )

@@ -49,3 +49,12 @@ def resolve_reference(ref: str) -> str:
 def hub_offline() -> bool:
     """True when the user told huggingface_hub not to reach the network."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+def optional_path(value: str | None) -> str | None:
+    """None for an unset path. ``--model.init_args.text.init_weights=null`` on the command line
+    reaches a dataclass nested in a subclass's init_args as the string "None" (jsonargparse), and
+    a path "None" would then be reported missing instead of being switched off."""
+    if value is None or value.strip() in {"", "None", "null"}:
+        return None
+    return value

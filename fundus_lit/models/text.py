@@ -14,6 +14,7 @@ from fundus_lit.models.resolve import (
     HUB_OFFLINE_HINT,
     ModelNotFoundError,
     hub_offline,
+    optional_path,
     resolve_reference,
 )
 from fundus_lit.models.tower import Tower
@@ -36,6 +37,10 @@ class TextConfig:
         pretrained: Load the weights; False builds the architecture from its config only.
         cache_size: Most texts kept in the frozen-tower cache.
         trust_remote_code: Allow model code from the hub (off unless you trust the source).
+        init_weights: Weights of a text pretraining run (KeepFIT v2 stage 0: its exported
+            folder, or its TextPretrainModule ``.ckpt``) loaded into the tower built from
+            ``name``, which must be the same architecture (stage 0's base model): the tokenizer
+            and model code come from ``name``, the weights from here.
     """
 
     name: str = "emilyalsentzer/Bio_ClinicalBERT"
@@ -45,6 +50,10 @@ class TextConfig:
     pretrained: bool = True
     cache_size: int = 4096
     trust_remote_code: bool = False
+    init_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        self.init_weights = optional_path(self.init_weights)
 
 
 def _load_error(name: str, err: Exception) -> ModelNotFoundError:
@@ -66,20 +75,27 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_text_model(cfg: TextConfig) -> nn.Module:
+    """The transformers encoder ``cfg.name`` names, with ``cfg.init_weights`` loaded over it."""
     path = resolve_reference(cfg.name)
     if path == cfg.name and hub_offline():
         raise _load_error(cfg.name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
     try:
         if cfg.pretrained:
-            return transformers.AutoModel.from_pretrained(
+            model = transformers.AutoModel.from_pretrained(
                 path, trust_remote_code=cfg.trust_remote_code
             )
-        config = transformers.AutoConfig.from_pretrained(
-            path, trust_remote_code=cfg.trust_remote_code
-        )
-        return transformers.AutoModel.from_config(config)
+        else:
+            config = transformers.AutoConfig.from_pretrained(
+                path, trust_remote_code=cfg.trust_remote_code
+            )
+            model = transformers.AutoModel.from_config(config)
     except (OSError, ValueError) as err:
         raise _load_error(cfg.name, err) from err
+    if cfg.init_weights:
+        from fundus_lit.models.text_weights import load_stage0_weights
+
+        load_stage0_weights(model, cfg.init_weights, cfg.name)
+    return model
 
 
 def pool(

@@ -14,6 +14,7 @@ from fundus_lit.models.resolve import (
     HUB_OFFLINE_HINT,
     ModelNotFoundError,
     hub_offline,
+    optional_path,
     resolve_reference,
 )
 from fundus_lit.models.tower import Tower
@@ -43,6 +44,9 @@ class VisionConfig:
     drop_path_rate: float = 0.0
     pool: Literal["default", "attention"] = "default"
     pool_heads: int = 8
+
+    def __post_init__(self) -> None:
+        self.weights = optional_path(self.weights)
 
 
 def create_timm_model(cfg: VisionConfig, image_size: int) -> nn.Module:
