@@ -207,6 +207,12 @@ def evaluate_command(args: list[str], tasks: str | None = None) -> None:
     run_evaluate(parser, parser.parse_args(args))
 
 
+def caption_command(args: list[str]) -> None:
+    from fundus_lit.captioning import caption_command as run
+
+    run(args)
+
+
 def index_parser() -> ArgumentParser:
     """Build a case-search index: embed every image of a data split with a checkpoint and save a
     FAISS index with each record's path and categories under --out."""
@@ -260,6 +266,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "index": index_command,
     "labels": labels_command,
     "search": search_command,
+    "caption": caption_command,
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 

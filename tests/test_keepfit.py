@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from conftest import tiny_fit_args
 
 from fundus_lit.data.dataset import PairedDataset
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler
@@ -89,29 +90,11 @@ def test_revision_objective_trains_attention_and_both_streams():
 
 
 def test_keepfit_v1_fits_from_the_cli(tmp_path):
-    from pathlib import Path
-
     import pytest
 
     from fundus_lit.cli import cli_main
 
-    root = Path(__file__).resolve().parents[1]
-    args = [
-        "fit",
-        *[f"--config={root / 'recipes' / n}" for n in ("flair.yaml", "keepfit_v1.yaml")],
-        f"--config={root / 'recipes' / 'overlays' / 'tiny.yaml'}",
-        f"--config={root / 'recipes' / 'overlays' / 'tiny_expert.yaml'}",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.log_every_n_steps=1",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.image_size=64",
-        "--model.init_args.vision.name=test_resnet",
-    ]
+    args = ["fit", *tiny_fit_args(tmp_path, ["flair.yaml", "keepfit_v1.yaml"])]
     cli = cli_main(args)
     logged = cli.trainer.callback_metrics
     for key in ("train/flair", "train/expert_clip", "train/revision", "val/loss"):

@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers
 from lightning.pytorch.callbacks import ModelCheckpoint
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from fundus_lit.cli import cli_main
+from fundus_lit.cli import cli_main, main
 from fundus_lit.data import (
     CaptionCSVSource,
     DataError,
@@ -285,7 +285,7 @@ def test_architecture_mismatch_names_both_towers_and_a_mis_shaped_key(tmp_path):
     )
 
 
-def test_recipe_runs_through_the_cli_and_exports_the_tower(tmp_path):
+def test_recipe_runs_through_the_cli_exports_the_tower_and_stage_one_loads_it(tmp_path, capsys):
     cli_main(
         [
             "fit",
@@ -305,3 +305,25 @@ def test_recipe_runs_through_the_cli_and_exports_the_tower(tmp_path):
     info = json.loads((tmp_path / "tower" / "fundus_lit_text.json").read_text())
     assert info["base"] == MINILM and info["step"] == 3
     assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    TINY_STAGE1 = ("tiny.yaml", "tiny_expert.yaml")  # noqa: N806
+    # stage 1 reads the tower by path from its recipe key (the tiny overlays freeze the text
+    # tower, so after training it still holds exactly the stage-0 weights)
+    stage1 = [
+        "fit",
+        *[f"--config={ROOT / 'recipes' / n}" for n in ("flair.yaml", "keepfit_v2.yaml")],
+        *[f"--config={ROOT / 'recipes' / 'overlays' / n}" for n in TINY_STAGE1],
+        "--trainer.fast_dev_run=1",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.image_size=64",
+        "--model.init_args.vision.name=test_resnet",
+    ]
+    cli = cli_main([*stage1, f"--model.init_args.text.init_weights={tmp_path}/tower"])
+    exported = load_file(tmp_path / "tower" / "model.safetensors")
+    text = cli.model.encoder.text.model.state_dict()
+    assert all(torch.equal(text[k], exported[k]) for k in exported)
+    with pytest.raises(SystemExit) as stop:
+        main([*stage1, f"--model.init_args.text.init_weights={tmp_path}/nowhere"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{tmp_path}/nowhere' does not exist" in err
+    assert "keepfit_v2_text.yaml" in err

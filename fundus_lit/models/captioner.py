@@ -18,6 +18,9 @@ Design choices, and why:
 * Self-attention is causal and padded keys are masked too, but every position may always attend
   to itself, so no row of the attention is empty (an all-masked softmax row gives NaN) whatever
   the padding side.
+* The decoder's constructor arguments travel in its state dict (``get_extra_state``), so a
+  checkpoint alone rebuilds it (``fundus-lit caption``): the training config need not be at hand
+  and nothing is guessed from tensor shapes (heads and layer norms leave no shape trace).
 * Beam search ranks every candidate by ``sum log p / length ** length_penalty`` (length counts the
   generated tokens, eos included), and finished beams stay in the pool with a frozen score. With
   one beam all candidates share a length, so the ranking reduces to greedy argmax.
@@ -88,6 +91,20 @@ class CaptionDecoder(nn.Module):
         memory_tokens: int = 256,
     ) -> None:
         super().__init__()
+        self.config = {
+            "kind": "caption_decoder",
+            "vocab_size": vocab_size,
+            "feature_dim": feature_dim,
+            "dim": dim,
+            "layers": layers,
+            "heads": heads,
+            "max_length": max_length,
+            "pad_id": pad_id,
+            "bos_id": bos_id,
+            "eos_id": eos_id,
+            "dropout": dropout,
+            "memory_tokens": memory_tokens,
+        }
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.heads, self.max_length = heads, max_length
         self.token_embed = nn.Embedding(vocab_size, dim)
@@ -103,6 +120,31 @@ class CaptionDecoder(nn.Module):
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.positions, std=0.02)
         nn.init.normal_(self.memory_positions, std=0.02)
+
+    def get_extra_state(self) -> dict:
+        return dict(self.config)
+
+    def set_extra_state(self, state: dict) -> None:
+        # dropout does not change the weights; anything else would load into the wrong model
+        differ = {
+            k: (v, self.config.get(k))
+            for k, v in state.items()
+            if k != "dropout" and self.config.get(k) != v
+        }
+        if differ:
+            raise ValueError(
+                "caption decoder weights were saved for another configuration: "
+                + ", ".join(f"{k} saved {a} vs built {b}" for k, (a, b) in differ.items())
+            )
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor | dict]) -> CaptionDecoder:
+        """A decoder rebuilt from its own state dict (keys without any outer prefix)."""
+        config = dict(state["_extra_state"])
+        config.pop("kind", None)
+        decoder = cls(**config)
+        decoder.load_state_dict(state)
+        return decoder.eval()
 
     def memory(self, feature_map: Tensor) -> Tensor:
         """(B, C, h, w) feature map -> (B, h*w, dim) cross-attention memory with positions."""
