@@ -125,3 +125,40 @@ def test_objectives_get_fp32_embeddings_under_bf16_autocast(tokens):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = module._step(batch, "val")
     assert seen == {"dtype": torch.float32, "autocast": False} and loss.dtype == torch.float32
+
+
+def test_channels_last_and_compiled_towers_give_the_same_outputs_and_keys(tokens):
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    ids = tokens["input_ids"], tokens["attention_mask"]
+    plain = VisionConfig(name="test_resnet", pretrained=False)
+    variants = {
+        "channels_last": VisionConfig(name="test_resnet", pretrained=False, channels_last=True),
+        # the eager backend runs dynamo's capture without inductor's minute-long CPU build
+        "compiled": VisionConfig(
+            name="test_resnet", pretrained=False, compile=True, compile_options={"backend": "eager"}
+        ),
+    }
+    text = TextConfig(
+        name=MINILM, pooling="mean", compile=True, compile_options={"backend": "eager"}
+    )
+    torch.manual_seed(0)
+    reference = DualEncoder(plain, TextConfig(name=MINILM, pooling="mean"), 16, 64).eval()
+    with torch.no_grad():
+        expected = reference(images, *ids)
+    for name, vision in variants.items():
+        torch.manual_seed(0)
+        encoder = DualEncoder(vision, text, 16, 64).eval()
+        assert encoder.state_dict().keys() == reference.state_dict().keys(), name
+        with torch.no_grad():
+            out = encoder(
+                images, *ids, requires=frozenset({"image_emb", "text_emb", "feature_map"})
+            )
+        torch.testing.assert_close(out.image_emb, expected.image_emb, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out.text_emb, expected.text_emb, atol=1e-5, rtol=1e-4)
+        assert out.feature_map.shape[1:] == (96, 2, 2)
+
+
+def test_the_unused_bert_pooler_is_not_trained():
+    tower = DualEncoder(VisionConfig(name="test_resnet"), TextConfig(name=MINILM), 16, 64).text
+    trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
+    assert trainable and not any(".pooler." in f".{n}" for n in trainable)

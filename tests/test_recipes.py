@@ -58,6 +58,36 @@ def test_recipe_prints_config_alone_and_with_overlay(recipe, capsys):
             assert config["model"]["init_args"]["objectives"]
 
 
+# Scale overlays and callback stacks go on any recipe; the tiny overlays are exercised with every
+# recipe by the smoke test below.
+OVERLAYS = [ROOT / "recipes" / "overlays" / n for n in ("ddp.yaml", "fsdp.yaml", "speed.yaml")]
+OVERLAYS += sorted((ROOT / "callbacks").glob("*.yaml"))
+
+
+def applies(overlay: Path, recipe: Path) -> bool:
+    """Overlays that set the image tower or add evaluation callbacks are for dual-encoder
+    recipes; text pretraining (no image tower) takes the trainer-level ones."""
+    text_only = any("TextPretrainModule" in Path(c).read_text() for c in configs(recipe)[1::2])
+    touches = yaml.safe_load(overlay.read_text()) or {}
+    model = (touches.get("model") or {}).get("init_args") or {}
+    return not (text_only and ("vision" in model or "callbacks+" in touches.get("trainer", {})))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_overlay_parses_with_every_recipe(overlay, capsys):
+    parsed = 0
+    for recipe in RECIPES:
+        if not applies(overlay, recipe):
+            continue
+        with pytest.raises(SystemExit) as stop:
+            cli_main(["fit", *configs(recipe), "--config", str(overlay), "--print_config"])
+        assert stop.value.code in (0, None), recipe
+        config = yaml.safe_load(capsys.readouterr().out)
+        assert config["trainer"] and config["model"]["class_path"], recipe
+        parsed += 1
+    assert parsed >= len(RECIPES) // 2
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_recipe_smoke_runs_on_synthetic_data(recipe, tmp_path):
     cli = cli_main(

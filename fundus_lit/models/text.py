@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import transformers
@@ -17,7 +17,7 @@ from fundus_lit.models.resolve import (
     optional_path,
     resolve_reference,
 )
-from fundus_lit.models.tower import Tower
+from fundus_lit.models.tower import Tower, compile_in_place
 
 Pooling = Literal["cls", "mean", "flair"]
 
@@ -41,6 +41,9 @@ class TextConfig:
             folder, or its TextPretrainModule ``.ckpt``) loaded into the tower built from
             ``name``, which must be the same architecture (stage 0's base model): the tokenizer
             and model code come from ``name``, the weights from here.
+        compile: ``torch.compile`` the encoder's forward (text lengths vary per batch, so expect
+            a few recompilations before dynamic shapes settle).
+        compile_options: Keyword arguments of ``torch.compile``.
     """
 
     name: str = "emilyalsentzer/Bio_ClinicalBERT"
@@ -51,6 +54,8 @@ class TextConfig:
     cache_size: int = 4096
     trust_remote_code: bool = False
     init_weights: str | None = None
+    compile: bool = False
+    compile_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.init_weights = optional_path(self.init_weights)
@@ -119,6 +124,13 @@ class TextTower(Tower):
         self.cfg = cfg
         self.model = load_text_model(cfg)
         self.num_features: int = self.model.config.hidden_size
+        # No pooling reads BERT's pooler; a trainable parameter without gradient makes DDP fail
+        # (find_unused_parameters: false) and wastes optimiser state.
+        pooler = getattr(self.model, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
+        if cfg.compile:
+            compile_in_place(self.model, cfg.compile_options)
         self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
         self.set_frozen(cfg.freeze)
 

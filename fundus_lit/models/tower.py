@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 
@@ -20,3 +22,11 @@ class Tower(nn.Module):
 
     def train(self, mode: bool = True) -> Tower:
         return super().train(mode and not self.frozen)
+
+
+def compile_in_place(model: nn.Module, options: dict[str, Any] | None) -> None:
+    """``torch.compile`` the module's forward in place: ``nn.Module.compile`` keeps parameter
+    names, so checkpoints of compiled and plain runs load into each other (``torch.compile(m)``
+    would prefix every key with ``_orig_mod.``). Only ``forward`` is compiled; the dense path
+    (``forward_intermediates``) runs eagerly."""
+    model.compile(**(options or {}))
