@@ -39,12 +39,10 @@ lint: install
 	$(VENV)/bin/ruff check fundus_lit tests benchmarks
 	$(VENV)/bin/ruff format --check fundus_lit tests benchmarks
 
+# One table of ratios (each against a baseline measured in the same run); full outputs in
+# bench_logs/. BENCH_ARGS=--quick for a few-minute run.
 bench: install
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/synth_speed.py
-	$(PY) benchmarks/retrieval.py
-	$(PY) benchmarks/queue_cost.py
-	$(PY) benchmarks/g2d_cost.py
+	$(PY) benchmarks/suite.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) runs lightning_logs .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) runs lightning_logs .pytest_cache bench_logs

@@ -17,6 +17,7 @@ import time
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from results import report  # sibling module: benchmarks run as scripts
 from torch.profiler import ProfilerActivity, profile
 
 from fundus_lit.data.batch import Batch
@@ -114,6 +115,9 @@ def main() -> None:
     for name, values in times.items():
         t = statistics.median(values)
         print(f"{name:>10}: {t * 1000:8.1f} ms/step  ratio to flair {t / base:.3f}")
+    report(
+        "G2D pseudo-seg", statistics.median(times["flair_g2d"]) / base, "FLAIR + L_PS / FLAIR step"
+    )
     reads = host_reads(variants["flair_g2d"], batch)
     print(f"host reads (aten::_local_scalar_dense) in one pseudo-seg forward: {reads}")
 

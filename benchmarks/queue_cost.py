@@ -23,6 +23,7 @@ import time
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from results import report  # sibling module: benchmarks run as scripts
 
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.text import TextConfig, load_tokenizer
@@ -120,6 +121,9 @@ def main() -> None:
         k = int(name.split("=")[1]) if "=" in name else 0
         memory = k * (2 * args.dim + args.labels) * 4 / 2**20
         print(f"{name:>14}  {t * 1000:10.1f}  {t / clip:13.3f}  {memory:9.1f} MiB")
+    largest = f"wsc K={max(args.queues)}"
+    ratio = statistics.median(times[largest]) / clip
+    report("WSC queue", ratio, f"{largest} step / CLIP step", "<= 1.3 on GPU")
 
 
 if __name__ == "__main__":

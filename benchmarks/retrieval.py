@@ -34,6 +34,7 @@ import time
 import faiss
 import numpy as np
 import torch
+from results import report  # sibling module: benchmarks run as scripts
 from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_hit_rate
 
 from fundus_lit.eval.retrieval import faiss_gpu_available, retrieval_metrics
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             if method != "dense":
                 ratio = results["dense"]["time"] / results[method]["time"]
                 print(f"N={n:,}: dense / {method} time = {ratio:.1f}x")
+                report(f"retrieval N={n:,}", ratio, f"dense / {method} time", "")
         per_item = 4 + 1 + 8  # float32 preds, bool target, int64 indexes
         print(
             f"N={n:,}: an unblocked torchmetrics module (preds, target, indexes for every pair) "
