@@ -207,6 +207,12 @@ def evaluate_command(args: list[str], tasks: str | None = None) -> None:
     run_evaluate(parser, parser.parse_args(args))
 
 
+def prepare_command(args: list[str]) -> None:
+    from fundus_lit.prepare_cli import prepare_command as run
+
+    run(args)
+
+
 def caption_command(args: list[str]) -> None:
     from fundus_lit.captioning import caption_command as run
 
@@ -267,6 +273,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "labels": labels_command,
     "search": search_command,
     "caption": caption_command,
+    "prepare": prepare_command,
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 

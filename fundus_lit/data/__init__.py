@@ -11,6 +11,8 @@ from fundus_lit.data.corpus import (
 )
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import DataError
+from fundus_lit.data.hf_source import HFDatasetSource
+from fundus_lit.data.prepared import PreparedSource
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import (
@@ -36,10 +38,12 @@ __all__ = [
     "FlairCSVSource",
     "FundusDataModule",
     "FundusRecord",
+    "HFDatasetSource",
     "ImageFolderSource",
     "KnowledgePromptBuilder",
     "KnowledgeText",
     "MaskCSVSource",
+    "PreparedSource",
     "RecordText",
     "ReportCSVSource",
     "ReportTextBuilder",

@@ -54,8 +54,11 @@ class RecordDataset(Dataset):
         index, epoch = key[:2] if isinstance(key, tuple) else (key, 0)
         source, record = self.items[index]
         text, category = self.text.build(record, random.Random(f"{self.seed}/{epoch}/{index}"))
+        # JPEGs of sources that can draft decode at the scale the pipeline resizes to
+        drafts = getattr(source, "draft_decode", False)
+        image = source.open_image(record, self.images.size) if drafts else source.open_image(record)
         return Sample(
-            image=self.images(source.open_image(record)),
+            image=self.images(image),
             text=text,
             category=category,
             dataset=record.dataset,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +21,10 @@ from fundus_lit.data.records import FundusRecord
 class Source:
     """Base class of all data sources."""
 
+    #: ``open_image`` takes ``target``; callers pass it only then, so sources written before it
+    #: existed keep working
+    draft_decode: ClassVar[bool] = False
+
     def load(self) -> list[FundusRecord]:
         """Read and validate every record; raise :class:`DataError` naming the culprit."""
         raise NotImplementedError
@@ -27,7 +32,10 @@ class Source:
     def check(self, records: list[FundusRecord]) -> None:
         """Verify that every image exists; called once, before training."""
 
-    def open_image(self, record: FundusRecord) -> Image.Image:
+    def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
+        """The record's image in RGB. ``target`` is the side the caller resizes it to next: a
+        source with ``draft_decode`` may then decode a JPEG at a reduced scale that still covers
+        it (see :func:`draft`). Callers that align a mask to the image pass none."""
         raise NotImplementedError
 
     def open_mask(self, record: FundusRecord) -> Image.Image:
@@ -62,6 +70,7 @@ class CSVSource(Source):
 
     #: record fields holding paths that :meth:`check` verifies
     path_fields: ClassVar[tuple[str, ...]] = ("image",)
+    draft_decode: ClassVar[bool] = True
 
     def __init__(self, csv: str, root: str | None = None) -> None:
         self.csv = Path(csv).expanduser()
@@ -93,8 +102,8 @@ class CSVSource(Source):
                 + more
             )
 
-    def open_image(self, record: FundusRecord) -> Image.Image:
-        return read_rgb(self.root / record.image, record.origin)
+    def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
+        return read_rgb(self.root / record.image, record.origin, target=target)
 
 
 class FlairCSVSource(CSVSource):
@@ -134,11 +143,28 @@ class FlairCSVSource(CSVSource):
         )
 
 
-def read_rgb(path: Path, origin: str, mode: str = "RGB") -> Image.Image:
+#: A draft decode keeps both sides >= DRAFT_MARGIN * target: the field-of-view crop that follows
+#: keeps ~0.8-1.0 of the frame, and the resize after it must still shrink (1 / 0.8 = 1.25).
+DRAFT_MARGIN = 1.25
+
+
+def draft(img: Image.Image, target: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (in the DCT, far cheaper than decoding every
+    pixel and then throwing most away in the resize), never below ``DRAFT_MARGIN * target`` on
+    either side. Other formats decode in full. Call before the pixels are loaded."""
+    if img.format == "JPEG":
+        side = math.ceil(target * DRAFT_MARGIN)
+        img.draft("RGB", (side, side))  # Pillow picks the smallest scale >= the size asked
+
+
+def read_rgb(path: Path, origin: str, mode: str = "RGB", target: int | None = None) -> Image.Image:
     """Decode an image file (to RGB, or ``mode``: "L" for masks); a broken file is a
-    :class:`DataError` naming it."""
+    :class:`DataError` naming it. ``target``: see :func:`draft` (RGB only: masks need every
+    pixel)."""
     try:
         with Image.open(path) as img:
+            if target and mode == "RGB":
+                draft(img, target)
             return img.convert(mode)
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path} ({origin}): {err}") from err
@@ -160,6 +186,8 @@ class ImageFolderSource(Source):
         names: Folder name -> class name (folders not listed keep their own name).
         dataset: Dataset name of the records; defaults to the root folder's name.
     """
+
+    draft_decode: ClassVar[bool] = True
 
     def __init__(
         self, root: str, names: dict[str, str] | None = None, dataset: str | None = None
@@ -200,8 +228,8 @@ class ImageFolderSource(Source):
             raise DataError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) in any folder")
         return records
 
-    def open_image(self, record: FundusRecord) -> Image.Image:
-        return read_rgb(self.root / record.image, record.origin)
+    def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
+        return read_rgb(self.root / record.image, record.origin, target=target)
 
 
 class SyntheticSource(Source):
