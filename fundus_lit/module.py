@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from fundus_lit import grad_cache as gc
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.dual_encoder import DualEncoder, Projection
 from fundus_lit.models.outputs import ModelOutputs
@@ -55,6 +58,19 @@ class PretrainModule(L.LightningModule):
         projection: ``linear`` or ``mlp`` projection heads.
         temperature: Initial temperature of the learnable logit scale.
         optim: AdamW and warm-up + cosine schedule settings.
+        grad_cache: Chunk size (samples) of the gradient cache (:mod:`fundus_lit.grad_cache`);
+            null or 0 trains on the whole batch at once. With it, each step embeds the batch in
+            chunks without graphs, computes the loss on all embeddings, then replays each chunk's
+            forward with a graph to backpropagate: the contrastive batch stays whole (same loss
+            and gradients) while activation memory is that of one chunk, for about one extra
+            forward pass of compute. Only objectives on the public stream that need nothing but
+            the global embeddings (CLIP, FLAIR, WSC) can run under it. The step uses Lightning's
+            manual optimisation; ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``
+            still apply (clipped in :meth:`on_before_optimizer_step`, after AMP unscaling);
+            ``accumulate_grad_batches`` > 1 and sharded strategies (FSDP, DeepSpeed) are refused.
+            BatchNorm towers normalise each chunk with its own statistics (like DDP ranks
+            without SyncBatchNorm); ``on_after_backward`` hooks see only the loss's direct
+            gradients (logit scale), the encoder's arrive after it.
     """
 
     def __init__(
@@ -68,15 +84,23 @@ class PretrainModule(L.LightningModule):
         projection: Projection = "linear",
         temperature: float = 0.07,
         optim: OptimConfig = OptimConfig(),  # noqa: B008
+        grad_cache: int | None = None,
     ) -> None:
         super().__init__()
+        if grad_cache is not None and grad_cache < 0:
+            raise ValueError(
+                f"grad_cache is a chunk size (>= 1, or 0/null = off), got {grad_cache}"
+            )
+        self.grad_cache = grad_cache or 0
+        if self.grad_cache:  # before the towers load: a refused recipe fails fast
+            gc.check_objectives(objectives or [])
         vision, text = _as(VisionConfig, vision), _as(TextConfig, text)
         self.optim = _as(OptimConfig, optim)
         # Plain dicts keep checkpoints loadable with weights_only=True.
         self.save_hyperparameters(
             {"vision": asdict(vision), "text": asdict(text), "optim": asdict(self.optim)}
             | {"embed_dim": embed_dim, "image_size": image_size, "batch_size": batch_size}
-            | {"projection": projection, "temperature": temperature}
+            | {"projection": projection, "temperature": temperature, "grad_cache": grad_cache}
         )
         self.encoder = DualEncoder(vision, text, embed_dim, image_size, projection, temperature)
         objectives = list(objectives) if objectives else [CLIPObjective()]
@@ -105,6 +129,10 @@ class PretrainModule(L.LightningModule):
 
     def _step(self, batch: Batch, stage: str) -> tuple[Tensor, ModelOutputs]:
         outputs = full_precision(self(batch))
+        return self._losses(outputs, batch, stage), outputs
+
+    def _losses(self, outputs: ModelOutputs, batch: Batch, stage: str) -> Tensor:
+        """The recipe's weighted sum on ``outputs``, each term logged."""
         total = outputs.image_emb.new_zeros(())
         sync = stage != "train"
         for obj in self.objectives:
@@ -123,7 +151,7 @@ class PretrainModule(L.LightningModule):
             if stage == "train":
                 self._log_images(obj.name, result.images)
         self.log(f"{stage}/loss", total, prog_bar=True, sync_dist=sync, batch_size=len(batch))
-        return total, outputs
+        return total
 
     def _log_images(self, prefix: str, images: dict[str, Tensor]) -> None:
         experiment = getattr(self.logger, "experiment", None)
@@ -153,11 +181,68 @@ class PretrainModule(L.LightningModule):
         self._step_started = now
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if not self.automatic_optimization:  # grad_cache (switched on in setup)
+            return self._grad_cache_step(batch)
         loss, _ = self._step(batch, "train")
-        self.log("train/logit_scale", self.encoder.scale().detach(), batch_size=len(batch))
-        group = self.trainer.optimizers[0].param_groups[0]
-        self.log("train/lr", group["lr"] / group["lr_mult"], batch_size=len(batch))
+        self._log_train_state(len(batch))
         return loss
+
+    def _log_train_state(self, batch_size: int) -> None:
+        self.log("train/logit_scale", self.encoder.scale().detach(), batch_size=batch_size)
+        group = self.trainer.optimizers[0].param_groups[0]
+        self.log("train/lr", group["lr"] / group["lr_mult"], batch_size=batch_size)
+
+    def _grad_cache_step(self, batch: Batch) -> Tensor:
+        """One optimiser step on the whole batch with the gradient cache (see ``grad_cache``)."""
+        optimizer, strategy = self.optimizers(), self.trainer.strategy
+
+        def embed(rows: slice) -> tuple[Tensor, Tensor | None]:
+            ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+            out = self.encoder(batch.images[rows], ids, mask, self.requires)
+            return out.image_emb.float(), None if out.text_emb is None else out.text_emb.float()
+
+        def loss_of(emb: list[Tensor | None]) -> Tensor:
+            assert emb[0] is not None
+            scale = self.encoder.scale().float()
+            outputs = ModelOutputs(image_emb=emb[0], text_emb=emb[1], scale=scale)
+            return self._losses(outputs, batch, "train")
+
+        optimizer.zero_grad()
+        ddp = isinstance(strategy.model, DistributedDataParallel)
+        # DDP would all-reduce at every chunk's backward; average once after the last instead
+        with strategy.block_backward_sync() if ddp else nullcontext():  # type: ignore[attr-defined]
+            loss = gc.grad_cache_backward(
+                embed,
+                len(batch),
+                self.grad_cache,
+                loss_of,
+                self.manual_backward,
+                self.encoder,
+                self.device,
+            )
+        if ddp:
+            gc.average_gradients(self.parameters(), strategy.model.process_group)
+        self._log_train_state(len(batch))
+        optimizer.step()  # clipping: on_before_optimizer_step
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # stepped per optimiser step, as configure_optimizers asks
+            scheduler.step()  # type: ignore[union-attr]
+        for obj in self.objectives:
+            obj.after_optimizer_step(self.encoder)
+        return loss
+
+    def setup(self, stage: str) -> None:
+        if self.grad_cache and stage == "fit":
+            gc.check_trainer(self.trainer)
+            # Manual optimisation from here on: Lightning's check that refuses
+            # Trainer(gradient_clip_val) with manual optimisation (it would not clip) has run
+            # before this hook, and on_before_optimizer_step clips with the trainer's settings.
+            self.automatic_optimization = False
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.automatic_optimization:  # automatic optimisation clips after this hook
+            # with trainer.gradient_clip_val / gradient_clip_algorithm, after AMP unscaling
+            self.clip_gradients(optimizer)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, outputs = self._step(batch, "val")
