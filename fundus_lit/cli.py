@@ -70,8 +70,10 @@ class FundusLitCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # `trainer.enable_checkpointing: false` must switch the built-in checkpoint off too,
-        # instead of clashing with it.
-        if config.get("enable_checkpointing") is False:
+        # instead of clashing with it. Under fast_dev_run Lightning skips checkpoints, except
+        # the save_last one at train end (Lightning 2.6), which would land in the working
+        # directory of a smoke run.
+        if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
 

@@ -153,3 +153,13 @@ def test_top_level_help_lists_verbs(capsys):
 def test_checkpointing_can_be_switched_off(tmp_path):
     cli = cli_main([*base_args(tmp_path), "--trainer.enable_checkpointing=false"], run=False)
     assert cli.trainer.checkpoint_callback is None
+
+
+def test_fast_dev_run_writes_no_checkpoint(tmp_path, monkeypatch):
+    # Lightning 2.6 writes save_last's checkpoint at train end even under fast_dev_run, into the
+    # working directory when no root is given: a smoke run must leave nothing behind.
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in base_args(tmp_path) if not a.startswith("--trainer.default_root_dir")]
+    cli = cli_main(["fit", *args, "--trainer.fast_dev_run=1"])
+    assert cli.trainer.state.finished
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 import transformers
+from conftest import MINILM
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file, save_file
 
@@ -34,7 +35,6 @@ from fundus_lit.text_pretrain import (
     export_text_tower,
     mask_tokens,
 )
-from tests.conftest import MINILM
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK, VOCAB = 103, 30522
