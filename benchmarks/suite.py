@@ -32,7 +32,10 @@ BENCHMARKS: dict[str, list[str]] = {
     "queue_cost": ["--queues", "0", "16384", "--steps", "3", "--rounds", "2"],
     "g2d_cost": ["--steps", "2", "--rounds", "2"],
     "grad_cache_memory": ["--quick"],
+    "gpu_throughput": ["--quick"],
 }
+#: measured only where CUDA is present (on a CPU they would only smoke-test themselves)
+GPU_ONLY = {"gpu_throughput"}
 
 
 def device() -> str:
@@ -51,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
+    cuda = not device().startswith("CPU")
     rows, failed = [], []
     for name, quick in BENCHMARKS.items():
         if args.only and name not in args.only:
+            continue
+        if name in GPU_ONLY and not cuda:
+            print(f"skipping {name}: no CUDA device", flush=True)
             continue
         script = HERE / f"{name}.py"
         command = [sys.executable, str(script), *(quick if args.quick else [])]
@@ -68,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} failed (exit {run.returncode}); see {logs / name}.txt", flush=True)
         rows += [(name, r, seconds) for r in reported]
     print(f"\nbenchmarks on {device()}{' (quick settings)' if args.quick else ''}")
-    header = f"{'benchmark':<26}{'ratio':>9}  {'what the ratio divides':<46}{'goal':<14}{'s':>5}"
+    width = max([len("benchmark"), *(len(r["name"]) for _, r, _ in rows)]) + 1
+    meaning = max([len("what the ratio divides"), *(len(r["meaning"]) for _, r, _ in rows)]) + 2
+    header = f"{'benchmark':<{width}}{'ratio':>8}  {'what the ratio divides':<{meaning}}"
+    header += f"{'goal':<16}{'s':>5}"
     print(header)
     print("-" * len(header))
     for _script, r, seconds in rows:
-        print(
-            f"{r['name']:<26}{r['ratio']:>9.3f}  {r['meaning']:<46}{r['goal']:<14}{seconds:>5.0f}"
-        )
+        line = f"{r['name']:<{width}}{r['ratio']:>8.3f}  {r['meaning']:<{meaning}}"
+        print(line + f"{r['goal']:<16}{seconds:>5.0f}")
     if failed:
         print(f"failed: {', '.join(failed)} (logs in {logs})")
     return 1 if failed else 0
