@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -68,10 +69,16 @@ def _load_error(name: str, err: Exception) -> ModelNotFoundError:
     )
 
 
+def _needs_hub(name: str, path: str) -> bool:
+    """A reference that is neither a package folder nor an existing local folder is a hub id,
+    which cannot load while the hub is switched off."""
+    return path == name and not os.path.exists(path) and hub_offline()
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer of a text tower reference (used by the data module's collate function)."""
     path = resolve_reference(name)
-    if path == name and hub_offline():
+    if _needs_hub(name, path):
         raise _load_error(name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
     try:
         return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -82,7 +89,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 def load_text_model(cfg: TextConfig) -> nn.Module:
     """The transformers encoder ``cfg.name`` names, with ``cfg.init_weights`` loaded over it."""
     path = resolve_reference(cfg.name)
-    if path == cfg.name and hub_offline():
+    if _needs_hub(cfg.name, path):
         raise _load_error(cfg.name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
     try:
         if cfg.pretrained:
