@@ -41,8 +41,8 @@ class WSCObjective(Objective):
             negatives; any value above 1 keeps them all.
         momentum: EMA coefficient ``m`` of the key encoder; null computes keys with the online
             encoder (with gradient) and allows no queue.
-        queue_size: ``K`` keys per modality kept from earlier steps (a multiple of the global
-            batch); 0 disables the queue.
+        queue_size: ``K`` keys per modality kept from earlier steps (a ring: any size works;
+            a multiple of the global batch keeps each step's keys contiguous); 0 disables it.
     """
 
     default_name = "wsc"
@@ -176,18 +176,23 @@ class WSCObjective(Objective):
             self._enqueue(image, text, labels)
         self._pending.clear()
 
+    def on_step_skipped(self) -> None:
+        self._pending.clear()  # keys of a batch the model never stepped on
+
     def _enqueue(self, image: Tensor, text: Tensor, labels: Tensor) -> None:
+        """Write the newest keys at the pointer, wrapping around: a ring of ``queue_size`` slots.
+
+        Any batch size fits, so a batch shortened by skipped bad images (``data.bad_input:
+        skip``) or an uneven last batch moves the ring by its own length."""
+        if labels.shape[0] > self.queue_size:  # only the newest keys fit
+            image, text, labels = (t[-self.queue_size :] for t in (image, text, labels))
         n = image.shape[0]
-        if self.queue_size % n:
-            raise ValueError(
-                f"queue_size {self.queue_size} must be a multiple of the global batch ({n} keys "
-                "per step): pick queue_size = k * batch_size * devices"
-            )
         if self.label_queue.shape != (self.queue_size, labels.shape[1]):
             self.label_queue = labels.new_zeros(self.queue_size, labels.shape[1])
         ptr = int(self.queue_ptr)
-        self.image_queue[ptr : ptr + n] = image.to(self.image_queue)
-        self.text_queue[ptr : ptr + n] = text.to(self.text_queue)
-        self.label_queue[ptr : ptr + n] = labels.to(self.label_queue)
+        slots = (ptr + torch.arange(n, device=self.image_queue.device)) % self.queue_size
+        self.image_queue[slots] = image.to(self.image_queue)
+        self.text_queue[slots] = text.to(self.text_queue)
+        self.label_queue[slots] = labels.to(self.label_queue)
         self.queue_ptr.fill_((ptr + n) % self.queue_size)
         self.queue_fill.fill_(min(int(self.queue_fill) + n, self.queue_size))
