@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from fundus_lit.data.dataset import Tokenizing
 from fundus_lit.data.errors import DataError
-from fundus_lit.data.samplers import permutation
+from fundus_lit.data.resumable import ResumableLoader
+from fundus_lit.data.samplers import EpochSampler, permutation
 from fundus_lit.data.sources import Source
 
 __all__ = [
@@ -151,6 +152,13 @@ def gather(sources: list[TextSource], dedupe: bool) -> list[str]:
     return list(dict.fromkeys(texts)) if dedupe else texts
 
 
+class Passages(list):
+    """Passages that also take the ``(index, epoch, position)`` keys of an EpochSampler."""
+
+    def __getitem__(self, key):  # type: ignore[override]
+        return super().__getitem__(key[0] if isinstance(key, tuple) else key)
+
+
 class TextCorpusDataModule(L.LightningDataModule):
     """Passages from any mix of text sources, split deterministically into training and
     validation, and tokenised into dicts of tensors.
@@ -206,20 +214,24 @@ class TextCorpusDataModule(L.LightningDataModule):
         }
         self.collate.tokenizer  # noqa: B018  (fail on a bad tokenizer now, not in a worker)
 
-    def _loader(self, split: str, **kwargs) -> DataLoader:
+    def _loader(self, split: str, loader: type = DataLoader, **kwargs) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)
-        return DataLoader(
-            self.splits[split],
+        return loader(
+            Passages(self.splits[split]),
             batch_size=self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             collate_fn=self.collate,
+            # not the global generator: making a loader must not move the masking draws
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
-        shuffle = torch.Generator().manual_seed(self.seed)
-        return self._loader("train", shuffle=True, generator=shuffle)
+        # the order of each epoch from (seed, epoch), a share per rank, and a position that
+        # survives a checkpoint (exact mid-epoch resume)
+        sampler = EpochSampler(len(self.splits["train"]), shuffle=True, seed=self.seed)
+        return self._loader("train", loader=ResumableLoader, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if self.splits["val"] else []

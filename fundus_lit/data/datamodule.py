@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
+from fundus_lit.data.bad_input import BadInputPolicy, MissingFiles, MissingPolicy, SkipLog
+from fundus_lit.data.batch import Batch
 from fundus_lit.data.dataset import Collator, PairedCollator, PairedDataset, RecordDataset
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
+from fundus_lit.data.resumable import ResumableLoader
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler, permutation
 from fundus_lit.data.sources import Source
 from fundus_lit.data.text import ReportTextBuilder, TemplateTextBuilder, TextBuilder
@@ -20,12 +25,18 @@ Items = list[tuple[Source, FundusRecord]]
 logger = logging.getLogger(__name__)
 
 
-def _load(sources: list[Source], check_files: bool) -> Items:
+def _load(sources: list[Source], split: str, missing: MissingFiles | None) -> Items:
+    """Every record of ``sources``; with ``missing`` (``check_files``), the records whose files
+    are absent are noted there and left out: :meth:`MissingFiles.resolve` raises or warns once
+    every split is read, so one message lists them all."""
     items: Items = []
     for source in sources:
         records = source.load()
-        if check_files:
-            source.check(records)
+        if missing is not None:
+            gone = source.find_missing(records)
+            missing.add(split, source, len(records), gone)
+            absent = {id(record) for record, _ in gone}
+            records = [record for record in records if id(record) not in absent]
         items.extend((source, record) for record in records)
     return items
 
@@ -51,6 +62,16 @@ class FundusDataModule(L.LightningDataModule):
         tokenizer: Tokenizer reference; the CLI links it to ``model.text.name``.
         max_length: Tokens per text; the CLI links it to ``model.text.max_length``.
         check_files: Verify every image exists before training starts.
+        missing: What to do with records whose files are missing (checked with
+            ``check_files``): ``error`` stops before training with one message listing them all
+            (count per source, the first ten with CSV file and line); ``drop`` leaves them out,
+            logs the same summary as a warning and goes on.
+        bad_input: What to do at run time with an image that does not decode (empty, not an
+            image, truncated) or a record without usable text: ``error`` stops naming the file,
+            its record's origin and why; ``skip`` leaves the sample out of its batch (batches
+            get smaller), logs it, counts it (metric ``data/skipped``) and lists it in a summary
+            at the end of the run. A batch with no good sample left stops the run either way
+            (see :mod:`fundus_lit.data.bad_input`).
         seed: Seed of per-sample text draws and of the training shuffle.
         balance_datasets: Sample training batches uniformly over source datasets (with
             replacement inside each) instead of shuffling all records.
@@ -86,6 +107,8 @@ class FundusDataModule(L.LightningDataModule):
         epoch_length: int | None = None,
         expert: list[Source] | None = None,
         expert_text: TextBuilder | None = None,
+        missing: MissingPolicy = "error",
+        bad_input: BadInputPolicy = "error",
     ) -> None:
         super().__init__()
         if not (train or val or test):
@@ -105,23 +128,33 @@ class FundusDataModule(L.LightningDataModule):
         self.balance_datasets, self.epoch_length = balance_datasets, epoch_length
         self.expert_sources = list(expert or [])
         self.expert_text = expert_text or ReportTextBuilder(require_text=True)
-        self.collate = Collator(tokenizer, max_length)
+        MissingFiles(missing)  # an unknown policy fails here, not after reading every source
+        self.missing, self.bad_input = missing, bad_input
+        self.collate = Collator(tokenizer, max_length, bad_input)
+        self.skip_log = SkipLog()
         self.splits: dict[str, Items] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        train = _load(self.sources["train"], self.check_files)
-        if stage == "fit" and not train:
+        if stage == "fit" and not self.sources["train"]:
             raise DataError("fit needs data.train sources")
-        if self.sources["val"]:
-            val = _load(self.sources["val"], self.check_files)
-        else:
+        missing = MissingFiles(self.missing) if self.check_files else None
+        train = _load(self.sources["train"], "train", missing)
+        val = _load(self.sources["val"], "val", missing)
+        test = _load(self.sources["test"], "test", missing)
+        expert = _load(self.expert_sources, "expert", missing)
+        if missing is not None:
+            missing.resolve()  # every split read: one message lists every missing file
+        if stage == "fit" and not train:
+            raise DataError("fit needs training records; data.train sources hold none")
+        if not self.sources["val"]:
             order = permutation(len(train), self.split_seed)
             n_val = int(round(len(train) * self.val_fraction))
             val = [train[i] for i in order[:n_val]]
             train = [train[i] for i in sorted(order[n_val:])]
-        test = _load(self.sources["test"], self.check_files) if self.sources["test"] else val
+        if not self.sources["test"]:
+            test = val
         kept = [item for item in train if self.text.keep(item[1])]
         if len(kept) < len(train):
             logger.info(
@@ -132,10 +165,41 @@ class FundusDataModule(L.LightningDataModule):
         train = kept
         self.splits = {"train": train, "val": val, "test": test}
         if self.expert_sources:
-            self.splits["expert"] = _load(self.expert_sources, self.check_files)
+            self.splits["expert"] = expert
             if not self.splits["expert"]:
                 raise DataError("data.expert sources hold no records")
         self.collate.tokenizer  # noqa: B018  (fail on a bad tokenizer now, not in a worker)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the samples the loader workers skipped (``bad_input=skip``): each batch passes
+        here in the main process, the only place that sees every worker's skips."""
+        skipped = batch.extra.get("skipped") if isinstance(batch, Batch) else None
+        if skipped:
+            trainer = self.trainer
+            stage = trainer.state.stage.value if trainer and trainer.state.stage else "load"
+            self.skip_log.add(skipped, stage)
+            for run_logger in trainer.loggers if trainer else []:
+                run_logger.log_metrics(
+                    {"data/skipped": float(self.skip_log.total)}, step=trainer.global_step
+                )
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        """The end-of-run summary of skipped samples, on every rank that skipped any; the log
+        starts afresh for the next Trainer call."""
+        self._report_skips(str(getattr(stage, "value", stage)))  # a TrainerFn from Lightning
+
+    def on_exception(self, exception: BaseException) -> None:
+        """A run that fails (Lightning then skips ``teardown``) still reports what it skipped."""
+        self._report_skips("interrupted run")
+
+    def _report_skips(self, stage: str) -> None:
+        summary = self.skip_log.summary()
+        if summary:
+            trainer = self.trainer
+            rank = f" (rank {trainer.global_rank})" if trainer and trainer.world_size > 1 else ""
+            logger.warning("%s%s: %s", stage, rank, summary)
+        self.skip_log.reset()
 
     def dataset(self, split: str, augment: bool | None = None) -> RecordDataset:
         """Records of ``split``; only the training split is augmented unless ``augment`` says."""
@@ -143,15 +207,23 @@ class FundusDataModule(L.LightningDataModule):
         pipeline = ImagePipeline(self.image_size, self.crop_fov, augment)
         return RecordDataset(self.splits[split], self.text, pipeline, self.seed)
 
-    def _loader(self, split: str, augment: bool | None = None, **kwargs) -> DataLoader:
+    def _loader(
+        self, split: str, augment: bool | None = None, loader: type = DataLoader, **kwargs
+    ) -> DataLoader:
+        return self._make_loader(loader, self.dataset(split, augment), self.collate, **kwargs)
+
+    def _make_loader(self, loader: type, dataset, collate, **kwargs) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)
-        return DataLoader(
-            self.dataset(split, augment),
+        return loader(
+            dataset,
             batch_size=self.batch_size,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
-            collate_fn=self.collate,
+            collate_fn=collate,
+            # the workers' base seed comes from here, not from the global generator: making a
+            # loader must not move the training RNG (dropout), or a resumed run would differ
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 
@@ -168,23 +240,20 @@ class FundusDataModule(L.LightningDataModule):
                 f"of {self.batch_size}; lower data.batch_size or add data"
             )
         if not self.expert_sources:
-            return self._loader("train", sampler=sampler, drop_last=True)
+            return self._loader("train", loader=ResumableLoader, sampler=sampler, drop_last=True)
         expert = RecordDataset(
             self.splits["expert"],
             self.expert_text,
             ImagePipeline(self.image_size, self.crop_fov, self.augment),
             self.seed,
+            stream="expert",
         )
-        workers = min(self.num_workers, os.cpu_count() or 1)
-        return DataLoader(
+        return self._make_loader(
+            ResumableLoader,
             PairedDataset(self.dataset("train"), expert, self.seed),
-            batch_size=self.batch_size,
+            PairedCollator(self.collate),
             sampler=sampler,
             drop_last=True,
-            num_workers=workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=workers > 0,
-            collate_fn=PairedCollator(self.collate),
         )
 
     def val_dataloader(self) -> DataLoader | list:

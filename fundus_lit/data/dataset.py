@@ -9,10 +9,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from fundus_lit.data.bad_input import NO_TEXT, BadInputPolicy, BadSample, InputScreen, image_reason
 from fundus_lit.data.batch import Batch
+from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source
-from fundus_lit.data.text import TextBuilder
+from fundus_lit.data.text import NoTextError, TextBuilder
 from fundus_lit.data.transforms import ImagePipeline
 
 
@@ -27,11 +29,26 @@ class Sample:
     record_categories: tuple[str, ...] = ()
 
 
+def unpack_key(key: int | tuple[int, ...]) -> tuple[int, int, int]:
+    """``(index, epoch, position)`` of a sampler key; a bare index is epoch 0, position index."""
+    if not isinstance(key, tuple):
+        return key, 0, key
+    index, epoch = key[0], key[1] if len(key) > 1 else 0
+    return index, epoch, key[2] if len(key) > 2 else index
+
+
+def seed_of(key: str) -> int:
+    """A 63-bit seed from a string key (``hash`` of a string changes between processes)."""
+    return random.Random(key).getrandbits(63)
+
+
 class RecordDataset(Dataset):
     """Records with the source that can open each one's image.
 
-    Keys are an index or ``(index, epoch)`` from :class:`~fundus_lit.data.samplers.EpochSampler`;
-    the text draw is seeded by ``(seed, epoch, index)``.
+    Keys are an index, ``(index, epoch)`` or ``(index, epoch, position)`` from
+    :class:`~fundus_lit.data.samplers.EpochSampler`; the text draw is seeded by
+    ``(seed, epoch, index)`` and the augmentation by ``(stream, seed, epoch, position)``, so a
+    sample is the same whichever worker, rank or resumed run loads it.
     """
 
     def __init__(
@@ -40,8 +57,10 @@ class RecordDataset(Dataset):
         text: TextBuilder,
         images: ImagePipeline,
         seed: int = 0,
+        stream: str = "public",
     ) -> None:
         self.items, self.text, self.images, self.seed = items, text, images, seed
+        self.stream = stream
 
     def __len__(self) -> int:
         return len(self.items)
@@ -50,15 +69,36 @@ class RecordDataset(Dataset):
     def records(self) -> list[FundusRecord]:
         return [record for _, record in self.items]
 
-    def __getitem__(self, key: int | tuple[int, ...]) -> Sample:
-        index, epoch = key[:2] if isinstance(key, tuple) else (key, 0)
+    def __getitem__(self, key: int | tuple[int, ...]) -> Sample | BadSample:
+        """The sample of ``key``, or a :class:`BadSample` saying why it has none (unusable text,
+        unreadable image): the collate function applies the bad-input policy to it."""
+        index, epoch, position = unpack_key(key)
         source, record = self.items[index]
-        text, category = self.text.build(record, random.Random(f"{self.seed}/{epoch}/{index}"))
-        # JPEGs of sources that can draft decode at the scale the pipeline resizes to
-        drafts = getattr(source, "draft_decode", False)
-        image = source.open_image(record, self.images.size) if drafts else source.open_image(record)
+        try:
+            text, category = self.text.build(record, random.Random(f"{self.seed}/{epoch}/{index}"))
+        except NoTextError:
+            return self._bad(source, record, NO_TEXT)
+        except DataError as err:
+            return self._bad(source, record, f"no usable text: {err}")
+        if not text.strip():  # e.g. a template of [CLS] alone on a record without categories
+            return self._bad(source, record, NO_TEXT)
+        try:
+            # JPEGs of sources that can draft decode at the scale the pipeline resizes to
+            drafts = getattr(source, "draft_decode", False)
+            image = (
+                source.open_image(record, self.images.size) if drafts else source.open_image(record)
+            )
+            image.load()  # a source that opens lazily must fail here, where the file is named
+        except (DataError, OSError, SyntaxError) as err:
+            return self._bad(source, record, image_reason(err))
+        if self.images.augment is None:
+            pixels = self.images(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_of(f"augment/{self.stream}/{self.seed}/{epoch}/{position}"))
+                pixels = self.images(image)
         return Sample(
-            image=self.images(image),
+            image=pixels,
             text=text,
             category=category,
             dataset=record.dataset,
@@ -66,6 +106,10 @@ class RecordDataset(Dataset):
             labels=record.labels,
             record_categories=record.categories,
         )
+
+    @staticmethod
+    def _bad(source: Source, record: FundusRecord, reason: str) -> BadSample:
+        return BadSample(source.locate(record), record.origin, reason)
 
 
 class Tokenizing:
@@ -89,9 +133,28 @@ class Tokenizing:
 
 
 class Collator(Tokenizing):
-    """Stacks images and tokenises texts in the loader workers, never in the training step."""
+    """Stacks images and tokenises texts in the loader workers, never in the training step.
 
-    def __call__(self, samples: list[Sample]) -> Batch:
+    Bad samples (:class:`~fundus_lit.data.bad_input.BadSample`) meet the ``bad_input`` policy
+    here: ``error`` raises naming the file, ``skip`` leaves them out and lists them in
+    ``batch.extra["skipped"]`` for the main process to count.
+    """
+
+    def __init__(
+        self, tokenizer: str, max_length: int, bad_input: BadInputPolicy = "error"
+    ) -> None:
+        super().__init__(tokenizer, max_length)
+        self.screen = InputScreen(bad_input)
+
+    def __call__(self, samples: list[Sample | BadSample]) -> Batch:
+        kept, skipped = self.screen([(s,) for s in samples])
+        batch = self.batch_of([s for (s,) in kept])
+        if skipped:
+            batch.extra["skipped"] = skipped
+        return batch
+
+    def batch_of(self, samples: list[Sample]) -> Batch:
+        """One batch of good samples, tokenised."""
         texts = [s.text for s in samples]
         tokens = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -130,21 +193,29 @@ class PairedDataset(Dataset):
         return len(self.public)
 
     def partner(self, key: int | tuple[int, ...]) -> int:
-        index, epoch, position = (key + (key[0],))[:3] if isinstance(key, tuple) else (key, 0, key)
+        _, epoch, position = unpack_key(key)
         return random.Random(f"expert/{self.seed}/{epoch}/{position}").randrange(len(self.expert))
 
     def __getitem__(self, key: int | tuple[int, ...]) -> tuple[Sample, Sample]:
-        epoch = key[1] if isinstance(key, tuple) else 0
-        return self.public[key], self.expert[(self.partner(key), epoch)]
+        _, epoch, position = unpack_key(key)
+        return self.public[key], self.expert[(self.partner(key), epoch, position)]
 
 
 class PairedCollator:
-    """Collates the public batch and puts the expert batch in ``batch.extra["expert"]``."""
+    """Collates the public batch and puts the expert batch in ``batch.extra["expert"]``.
+
+    A pair with a bad sample on either side is left out whole under ``bad_input=skip`` (the two
+    streams stay the same size and aligned); the bad samples of both streams are listed in the
+    public batch's ``extra["skipped"]``.
+    """
 
     def __init__(self, collate: Collator) -> None:
         self.collate = collate
 
-    def __call__(self, pairs: list[tuple[Sample, Sample]]) -> Batch:
-        batch = self.collate([public for public, _ in pairs])
-        batch.extra["expert"] = self.collate([expert for _, expert in pairs])
+    def __call__(self, pairs: list[tuple[Sample | BadSample, Sample | BadSample]]) -> Batch:
+        kept, skipped = self.collate.screen(pairs)
+        batch = self.collate.batch_of([public for public, _ in kept])
+        batch.extra["expert"] = self.collate.batch_of([expert for _, expert in kept])
+        if skipped:
+            batch.extra["skipped"] = skipped
         return batch

@@ -4,6 +4,7 @@ prompt) are reproducible by seed, epoch and index, whatever worker or rank loads
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -16,14 +17,22 @@ class EpochSampler(DistributedSampler):
 
     It subclasses ``DistributedSampler`` so Lightning leaves it as it is under DDP (and calls
     ``set_epoch`` each epoch) instead of wrapping it in a second distributed sampler.
+
+    ``start`` skips that many of this rank's keys in the next pass only (a mid-epoch resume, see
+    :class:`~fundus_lit.data.resumable.ResumableLoader`); the keys after them are unchanged.
     """
 
     def __init__(self, size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = True):
         rank, replicas = world()
         # DistributedSampler reads only len(dataset); a range stands in for it.
         super().__init__(range(size), replicas, rank, shuffle, seed, drop_last)
+        self.start = 0
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        start, self.start = self.start, 0
+        return islice(self._keys(), start, None)
+
+    def _keys(self) -> Iterator[tuple[int, int, int]]:
         # (index, epoch, position in the epoch's global stream): the position tells apart two
         # draws of one record, so anything drawn per sample (an expert partner) stays independent
         for k, index in enumerate(super().__iter__()):
@@ -57,7 +66,7 @@ class DatasetBalancedSampler(EpochSampler):
         self.num_samples = total // self.num_replicas
         self.total_size = self.num_samples * self.num_replicas
 
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+    def _keys(self) -> Iterator[tuple[int, int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         which = torch.randint(len(self.groups), (self.total_size,), generator=g)
         pick = torch.rand(self.total_size, generator=g)

@@ -32,6 +32,17 @@ class Source:
     def check(self, records: list[FundusRecord]) -> None:
         """Verify that every image exists; called once, before training."""
 
+    def find_missing(self, records: list[FundusRecord]) -> list[tuple[FundusRecord, str]]:
+        """``(record, path)`` of each record whose file is absent, for the data module's
+        ``missing`` policy, which lists them all and may drop them. Sources that cannot tell
+        record by record keep their all-or-nothing :meth:`check`, which raises by itself."""
+        self.check(records)
+        return []
+
+    def locate(self, record: FundusRecord) -> str:
+        """Where the record's image lives, for messages: a file path where there is one."""
+        return record.image
+
     def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
         """The record's image in RGB. ``target`` is the side the caller resizes it to next: a
         source with ``draft_decode`` may then decode a JPEG at a reduced scale that still covers
@@ -86,21 +97,31 @@ class CSVSource(Source):
         if not self.root.is_dir():
             raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
 
+    def find_missing(self, records: list[FundusRecord]) -> list[tuple[FundusRecord, str]]:
+        """Each record with a missing file (image, or any of ``path_fields``), once, with the
+        first absent path; one ``stat`` per file."""
+        missing = []
+        for record in records:
+            for field in self.path_fields:
+                path = self.root / (getattr(record, field) or "")
+                if not path.is_file():
+                    missing.append((record, str(path)))
+                    break
+        return missing
+
     def check(self, records: list[FundusRecord]) -> None:
-        missing = [
-            f"  {self.root / path} ({r.origin})"
-            for r in records
-            for path in (getattr(r, field) or "" for field in self.path_fields)
-            if not (self.root / path).is_file()
-        ]
+        missing = self.find_missing(records)
         if missing:
             what = f"of {len(records)} images" if self.path_fields == ("image",) else "files"
             more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise DataError(
                 f"{len(missing)} {what} listed in {self.csv} are missing:\n"
-                + "\n".join(missing[:10])
+                + "\n".join(f"  {path} ({r.origin})" for r, path in missing[:10])
                 + more
             )
+
+    def locate(self, record: FundusRecord) -> str:
+        return str(self.root / record.image)
 
     def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
         return read_rgb(self.root / record.image, record.origin, target=target)
@@ -160,7 +181,12 @@ def draft(img: Image.Image, target: int) -> None:
 def read_rgb(path: Path, origin: str, mode: str = "RGB", target: int | None = None) -> Image.Image:
     """Decode an image file (to RGB, or ``mode``: "L" for masks); a broken file is a
     :class:`DataError` naming it. ``target``: see :func:`draft` (RGB only: masks need every
-    pixel)."""
+    pixel).
+
+    ``convert`` decodes every pixel inside the ``try``: Pillow opens lazily and a truncated
+    file fails only when its pixels are read ("image file is truncated"), which must happen
+    here, where the file is named. ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False: set, it
+    would fill the cut-off part with grey and train on it silently."""
     try:
         with Image.open(path) as img:
             if target and mode == "RGB":
@@ -230,6 +256,9 @@ class ImageFolderSource(Source):
 
     def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
         return read_rgb(self.root / record.image, record.origin, target=target)
+
+    def locate(self, record: FundusRecord) -> str:
+        return str(self.root / record.image)
 
 
 class SyntheticSource(Source):

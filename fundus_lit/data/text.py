@@ -23,6 +23,12 @@ def collapse_spaces(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+class NoTextError(DataError):
+    """A record has no usable text (its report or caption is empty or whitespace only) and the
+    builder has no fallback; the dataset hands it to the bad-input policy
+    (:mod:`fundus_lit.data.bad_input`)."""
+
+
 class TextBuilder:
     """Base class; subclasses decide what text an image is paired with."""
 
@@ -139,5 +145,8 @@ class ReportTextBuilder(TextBuilder):
             category = rng.choice(record.categories) if record.categories else ""
             return collapse_spaces(record.text), category
         if self.require_text:
-            raise DataError(f"record {record.image} ({record.origin}) has no report text")
+            raise NoTextError(
+                f"record {record.image} ({record.origin}) has no report or caption text "
+                "(empty or whitespace only)"
+            )
         return self.fallback.build(record, rng)

@@ -59,6 +59,9 @@ def build_index(parser, cfg) -> CaseIndex:
         raise DataError(f"the {cfg.split} split has no records; add data.{cfg.split} sources")
     records = [record for _, record in items]
     feats = extract_features(encoder, dm.eval_dataloader(cfg.split), records)
+    # the records encoded: unreadable ones skipped by data.bad_input=skip are not indexed
+    source_of = {id(record): source for source, record in items}
+    encoded = [(source_of[id(record)], record) for record in feats.records]
     emb = np.ascontiguousarray(feats.image_emb.numpy(), dtype=np.float32)
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(emb)
@@ -69,7 +72,7 @@ def build_index(parser, cfg) -> CaseIndex:
             "categories": list(record.categories),
             "origin": record.origin,
         }
-        for source, record in items
+        for source, record in encoded
     ]
     meta = {
         "ckpt": str(ckpt),

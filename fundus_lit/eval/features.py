@@ -6,6 +6,7 @@ features, so a split is encoded once and its (N, D) rows reused; nothing N x N i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -55,12 +56,15 @@ def extract_features(
     """Encode every batch of ``loader`` (sequential, unaugmented) and keep the rows asked for.
 
     ``records`` are the split's records in loader order; the batch indices are checked against
-    them so a shuffled or dropping loader cannot silently misalign features and labels.
+    them so a shuffled loader cannot silently misalign features and labels. Samples the data
+    module skipped as unreadable (``data.bad_input: skip``) are left out of the features, and
+    said so; the returned records are those that were encoded.
     """
     device = device or default_device()
     encoder.eval().to(device)
-    emb, feats, text_emb, texts, order = [], [], [], [], []
+    emb, feats, text_emb, texts, order, skipped = [], [], [], [], [], []
     for batch in loader:
+        skipped.extend(batch.extra.get("skipped", []))
         images = batch.images.to(device, non_blocking=True)
         out = encoder.encode_image(images)
         emb.append(out["emb"].float().cpu())
@@ -73,14 +77,23 @@ def extract_features(
             texts.extend(batch.texts)
         order.append(batch.indices.cpu())
     indices = torch.cat(order) if order else torch.empty(0, dtype=torch.long)
-    if not torch.equal(indices, torch.arange(len(records))):
+    in_order = bool((indices[1:] > indices[:-1]).all()) and len(indices) + len(skipped) == len(
+        records
+    )
+    if not in_order or (len(indices) and int(indices[-1]) >= len(records)):
         raise RuntimeError(
             f"feature extraction expects a sequential loader over all {len(records)} records; "
-            f"got {len(indices)} samples in a different order"
+            f"got {len(indices)} samples ({len(skipped)} skipped) in a different order"
+        )
+    if skipped:
+        print(
+            f"feature extraction: {len(skipped)} of {len(records)} samples were unreadable and "
+            "are left out (data.bad_input: skip)",
+            file=sys.stderr,
         )
     return Features(
         image_emb=torch.cat(emb),
-        records=list(records),
+        records=[records[i] for i in indices.tolist()],
         pooled=torch.cat(feats) if pooled else None,
         text_emb=torch.cat(text_emb) if text else None,
         texts=texts,
