@@ -2,7 +2,15 @@
 
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.module import PretrainModule
+from fundus_lit.pretrained import PretrainedDualEncoder, load_pretrained
 from fundus_lit.text_pretrain import TextPretrainModule
 
 __version__ = "0.1.0"
-__all__ = ["FundusDataModule", "PretrainModule", "TextPretrainModule", "__version__"]
+__all__ = [
+    "FundusDataModule",
+    "PretrainModule",
+    "PretrainedDualEncoder",
+    "TextPretrainModule",
+    "__version__",
+    "load_pretrained",
+]

@@ -6,7 +6,9 @@ and later evaluation/indexing tools) are plain functions registered in :data:`EX
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +16,32 @@ from typing import Literal
 
 import lightning as L
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fundus_lit.data.datamodule import FundusDataModule
-from fundus_lit.data.errors import DataError
+from fundus_lit.data.errors import ConfigError, DataError
 from fundus_lit.models.resolve import ModelNotFoundError
+from fundus_lit.resume import (
+    AtomicCheckpointIO,
+    ExactResume,
+    PreemptionCheckpoint,
+    StepCheckpoint,
+    exit_if_preempted,
+    find_last,
+)
+
+
+class ConciseParser(LightningArgumentParser):
+    """Parse errors end with one line of usage: the full option list (hundreds of lines, printed
+    before the message) hid the key at fault; ``--help`` still shows it."""
+
+    def print_usage(self, file=None) -> None:
+        prog = self.prog.replace(" [options]", "")
+        print(f"usage: {prog} --config RECIPE.yaml [--config ...] [--KEY VALUE ...]", file=file)
 
 
 class FundusLitCLI(LightningCLI):
@@ -30,7 +51,9 @@ class FundusLitCLI(LightningCLI):
     feed the tokenizer of the data module. A link whose key the chosen model or data class lacks
     (the text pretraining module has no image size) is skipped. Every ``fit`` also gets a
     checkpoint callback (keys under ``checkpoint.``) keeping the last and the best checkpoint by
-    validation loss.
+    validation loss, a mid-epoch ``last.ckpt`` every ``step_checkpoint.every_n_train_steps``
+    steps, a checkpoint on SIGTERM/SIGUSR1 (:class:`~fundus_lit.resume.PreemptionCheckpoint`)
+    and the random state in every checkpoint, so ``--ckpt_path last`` resumes exactly.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -48,6 +71,7 @@ class FundusLitCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch}-{step}",
             }
         )
+        parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: the checkpoint's hyper-parameters become the init_args of the config's
@@ -55,6 +79,11 @@ class FundusLitCLI(LightningCLI):
         jsonargparse then reads a dict argument's dotted keys (``lr_multipliers: {encoder.text:
         0.1}``) as nested options and refuses them."""
         command = self.config.get("subcommand")
+        if command and self.config[command].get("weights_only", False) is None:
+            # tensors and plain values only: a checkpoint cannot run code when it is read
+            self.config[command].weights_only = True
+        if command and self.config[command].get("ckpt_path") == "last":
+            self._resolve_last(self.config[command])
         ckpt_path = self.config[command].get("ckpt_path") if command else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
@@ -68,6 +97,61 @@ class FundusLitCLI(LightningCLI):
         update = {"class_path": model["class_path"], "init_args": hparams}
         self.config = self.parser.parse_object({command: {"model": update}}, self.config)
 
+    @staticmethod
+    def _resolve_last(config) -> None:
+        """``--ckpt_path last``: the newest last checkpoint of this recipe's earlier runs, and
+        the run folder (logger version) it belongs to, so logs and checkpoints continue there.
+
+        Lightning looks for ``last.ckpt`` only in the folder of the run it is starting, which
+        for a versioned logger is a new, empty one. No checkpoint yet starts from scratch (the
+        first submission of a requeued cluster job runs the same command)."""
+        trainer = config.trainer
+        root = Path(trainer.get("default_root_dir") or os.getcwd())
+        logger = trainer.get("logger")
+        if isinstance(logger, list):
+            logger = logger[0] if logger else False
+        run_dirs: list[Path] = []
+        if logger is None or logger is True:  # Lightning's default TensorBoard logger
+            logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger"}
+            logger["init_args"] = {"save_dir": str(root)}
+            trainer.logger = logger = _namespace(logger)
+        if logger:
+            args = logger.get("init_args") or {}
+            save_dir = Path(args.get("save_dir") or root)
+            name = args.get("name", "lightning_logs")
+            run_dirs.append(save_dir / name if name else save_dir)
+        else:
+            run_dirs.append(root)
+        for group in ("checkpoint", "step_checkpoint"):
+            dirpath = config.get(group, {}).get("dirpath")
+            if dirpath:
+                run_dirs.append(Path(dirpath).parent)
+        found = find_last(run_dirs, extra=[root])
+        if found is None:
+            print(
+                f"fundus-lit: no last checkpoint under {', '.join(map(str, run_dirs))}; "
+                "starting from scratch",
+                file=sys.stderr,
+            )
+            config.ckpt_path = None
+            return
+        print(f"fundus-lit: resuming from {found}", file=sys.stderr)
+        config.ckpt_path = str(found)
+        version = found.parent.parent.name
+        if logger and found.parent.name == "checkpoints" and version.startswith("version_"):
+            logger.init_args.version = version
+
+    def instantiate_classes(self) -> None:
+        """A value a class refuses (``ValueError``/``TypeError`` from its constructor) becomes a
+        :class:`ConfigError` naming the key; jsonargparse reports it as a traceback otherwise."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            if _user_error(err) is not None:
+                raise
+            config = self.config.get(self.subcommand)
+            raise ConfigError(_describe_config_error(err, config)) from err
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # `trainer.enable_checkpointing: false` must switch the built-in checkpoint off too,
         # instead of clashing with it. Under fast_dev_run Lightning skips checkpoints, except
@@ -75,6 +159,13 @@ class FundusLitCLI(LightningCLI):
         # directory of a smoke run.
         if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        elif self.subcommand == "fit":
+            given = [type(cb) for cb in [*callbacks, *(config.get("callbacks") or [])]]
+            callbacks += [cls() for cls in (ExactResume, PreemptionCheckpoint) if cls not in given]
+            plugins = config.get("plugins") or []
+            plugins = plugins if isinstance(plugins, list) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -88,6 +179,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FundusLitCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=ConciseParser,
         args=args,
         run=run,
     )
@@ -221,6 +313,12 @@ def caption_command(args: list[str]) -> None:
     run(args)
 
 
+def export_command(args: list[str]) -> None:
+    from fundus_lit.export import export_command as run
+
+    run(args)
+
+
 def index_parser() -> ArgumentParser:
     """Build a case-search index: embed every image of a data split with a checkpoint and save a
     FAISS index with each record's path and categories under --out."""
@@ -276,6 +374,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "search": search_command,
     "caption": caption_command,
     "prepare": prepare_command,
+    "export": export_command,
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -292,7 +391,10 @@ def main(argv: list[str] | None = None) -> None:
         if argv[0] in EXTRA_COMMANDS:
             EXTRA_COMMANDS[argv[0]](argv[1:])
         else:
-            cli_main(argv)
+            # Lightning ends a SIGTERMed run with SIGTERMException, a SystemExit of status 0
+            with contextlib.suppress(SIGTERMException):
+                cli_main(argv)
+            exit_if_preempted()
     except Exception as err:
         cause = _user_error(err)
         if cause is None:
@@ -301,10 +403,62 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def _namespace(value: dict):
+    from jsonargparse import Namespace, dict_to_namespace
+
+    return value if isinstance(value, Namespace) else dict_to_namespace(value)
+
+
+def _describe_config_error(err: BaseException, config) -> str:
+    """``KEY: reason`` for an error raised while instantiating ``config``'s classes.
+
+    The innermost exception is the class's own message; jsonargparse's outer one holds the
+    failing class path, which locates the group (``model``, ``data``, ``model.init_args.
+    objectives[0]``...); a message that starts with one of its parameters names the key."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    root = chain[-1]
+    reason = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    found = next((m for e in chain if (m := re.search(r"class_path='([\w.]+)'", str(e)))), None)
+    key = _find_class(config, found.group(1)) if found and config is not None else None
+    if key is None:
+        return f"invalid configuration: {reason}"
+    args = _get(config, key).get("init_args") or {}
+    first = re.match(r"[\w.]+", reason)
+    if first and first.group(0) in args:
+        return f"{key}.init_args.{first.group(0)}: {reason}"
+    return f"{key} ({found.group(1)}): {reason}"
+
+
+def _find_class(node, class_path: str, prefix: str = "") -> str | None:
+    """The dotted key of the first value configured with ``class_path`` under ``node``."""
+    if isinstance(node, list):
+        children = [(f"{prefix}[{i}]", item) for i, item in enumerate(node)]
+    elif isinstance(node, (dict, Namespace)):
+        fields = node if isinstance(node, dict) else vars(node)  # one level, not flattened
+        if fields.get("class_path") == class_path:
+            return prefix
+        children = [(f"{prefix}.{k}" if prefix else k, v) for k, v in fields.items()]
+    else:
+        return None
+    for key, child in children:
+        found = _find_class(child, class_path, key)
+        if found is not None:
+            return found
+    return None
+
+
+def _get(node, key: str):
+    for part in re.findall(r"[^.\[\]]+", key):
+        node = node[int(part)] if part.isdigit() else getattr(node, part, None) or node[part]
+    return node
+
+
 def _user_error(err: BaseException | None) -> BaseException | None:
     """The bad-input error behind ``err``; jsonargparse wraps errors raised while instantiating."""
     while err is not None:
-        if isinstance(err, (DataError, ModelNotFoundError)):
+        if isinstance(err, (DataError, ConfigError, ModelNotFoundError)):
             return err
         err = err.__cause__ or err.__context__
     return None

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -44,6 +45,10 @@ def full_precision(outputs: ModelOutputs) -> ModelOutputs:
     )
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed NaN or infinite for ``max_nonfinite_steps`` steps in a row."""
+
+
 class PretrainModule(L.LightningModule):
     """Dual encoder trained with a weighted sum of objectives.
 
@@ -58,6 +63,12 @@ class PretrainModule(L.LightningModule):
         projection: ``linear`` or ``mlp`` projection heads.
         temperature: Initial temperature of the learnable logit scale.
         optim: AdamW and warm-up + cosine schedule settings.
+        max_nonfinite_steps: A step whose loss is not finite (on any rank) is skipped: no
+            backward, no weight or EMA update (Lightning still counts it in ``global_step``, the
+            schedule moves on, and BatchNorm statistics keep the forward's update), counted in
+            ``train/nonfinite_steps`` and reported with its loss terms. This many in a row stop
+            the run with :class:`NonFiniteLossError`; 0 switches the guard off (it reads the loss
+            on the host each step, a device sync).
         grad_cache: Chunk size (samples) of the gradient cache (:mod:`fundus_lit.grad_cache`);
             null or 0 trains on the whole batch at once. With it, each step embeds the batch in
             chunks without graphs, computes the loss on all embeddings, then replays each chunk's
@@ -85,8 +96,14 @@ class PretrainModule(L.LightningModule):
         temperature: float = 0.07,
         optim: OptimConfig = OptimConfig(),  # noqa: B008
         grad_cache: int | None = None,
+        max_nonfinite_steps: int = 5,
     ) -> None:
         super().__init__()
+        if max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_steps, self._nonfinite_run, self._step_skipped = 0, 0, False
+        self._terms: dict[str, Tensor] = {}
         if grad_cache is not None and grad_cache < 0:
             raise ValueError(
                 f"grad_cache is a chunk size (>= 1, or 0/null = off), got {grad_cache}"
@@ -101,6 +118,7 @@ class PretrainModule(L.LightningModule):
             {"vision": asdict(vision), "text": asdict(text), "optim": asdict(self.optim)}
             | {"embed_dim": embed_dim, "image_size": image_size, "batch_size": batch_size}
             | {"projection": projection, "temperature": temperature, "grad_cache": grad_cache}
+            | {"max_nonfinite_steps": max_nonfinite_steps}
         )
         self.encoder = DualEncoder(vision, text, embed_dim, image_size, projection, temperature)
         objectives = list(objectives) if objectives else [CLIPObjective()]
@@ -144,6 +162,8 @@ class PretrainModule(L.LightningModule):
                 result = obj(outputs, batch)
             loss = sum(result.losses.values())
             total = total + obj.weight * loss
+            if stage == "train":
+                self._terms[obj.name] = loss.detach()
             self.log(f"{stage}/{obj.name}", loss, sync_dist=sync, batch_size=len(batch))
             terms = result.losses if len(result.losses) > 1 else {}
             for key, value in (terms | result.scalars).items():
@@ -166,12 +186,13 @@ class PretrainModule(L.LightningModule):
         if "state_dict" in checkpoint:
             from fundus_lit.eval.loading import check_keys
 
-            check_keys(
-                "the checkpoint",
-                "the model built from the config",
-                self.state_dict(),
-                checkpoint["state_dict"],
-            )
+            found = checkpoint["state_dict"]
+            # buffers sized from the first batch (ViLReF's label queue) are empty until then and
+            # take the checkpoint's shape when loaded
+            expected = {
+                k: found.get(k, v) if v.numel() == 0 else v for k, v in self.state_dict().items()
+            }
+            check_keys("the checkpoint", "the model built from the config", expected, found)
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -185,7 +206,34 @@ class PretrainModule(L.LightningModule):
             return self._grad_cache_step(batch)
         loss, _ = self._step(batch, "train")
         self._log_train_state(len(batch))
-        return loss
+        return None if self._skip_nonfinite(loss, len(batch)) else loss
+
+    def _skip_nonfinite(self, loss: Tensor, batch_size: int) -> bool:
+        """Whether this step must be dropped because its loss is not finite on some rank."""
+        if not self.max_nonfinite_steps:
+            return False
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # every rank skips, or none: DDP must step together
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self._nonfinite_run = 0
+            return False
+        self.nonfinite_steps += 1
+        self._nonfinite_run += 1
+        self._step_skipped = True
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch_size)
+        for obj in self.objectives:
+            obj.on_step_skipped()
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self._terms.items())
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if self._nonfinite_run >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"the loss was not finite for {self._nonfinite_run} steps in a row, the last at "
+                f"{where}: {terms}. Lower optim.lr, check the data, train in bf16-mixed or "
+                "32-true rather than 16-mixed, or raise model.init_args.max_nonfinite_steps."
+            )
+        rank_zero_warn(f"{where}: the loss is not finite ({terms}); the step is skipped")
+        return True
 
     def _log_train_state(self, batch_size: int) -> None:
         self.log("train/logit_scale", self.encoder.scale().detach(), batch_size=batch_size)
@@ -220,9 +268,12 @@ class PretrainModule(L.LightningModule):
                 self.encoder,
                 self.device,
             )
+        self._log_train_state(len(batch))
+        if self._skip_nonfinite(loss, len(batch)):
+            optimizer.zero_grad()
+            return None
         if ddp:
             gc.average_gradients(self.parameters(), strategy.model.process_group)
-        self._log_train_state(len(batch))
         optimizer.step()  # clipping: on_before_optimizer_step
         scheduler = self.lr_schedulers()
         if scheduler is not None:  # stepped per optimiser step, as configure_optimizers asks
@@ -269,7 +320,10 @@ class PretrainModule(L.LightningModule):
         }
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+        self._step_skipped = False
+        super().optimizer_step(*args, **kwargs)  # runs training_step inside
+        if self._step_skipped:  # the optimiser found no gradients: nothing moved, nor may EMAs
+            return
         for obj in self.objectives:
             obj.after_optimizer_step(self.encoder)
 

@@ -80,3 +80,6 @@ class Objective(nn.Module):
 
     def after_optimizer_step(self, encoder: DualEncoder) -> None:
         """Runs once per optimiser step, after it (EMA updates, queue writes)."""
+
+    def on_step_skipped(self) -> None:
+        """The step was dropped (its loss was not finite): forget what it meant to keep."""

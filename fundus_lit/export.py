@@ -1,0 +1,111 @@
+"""``fundus-lit export``: turn a training checkpoint into a self-contained model folder.
+
+A Lightning checkpoint is a pickle holding optimiser state, objective modules and hyper-parameters
+that name the training machine's text-model folder. The export keeps what inference needs, in
+formats that load without running code: the dual encoder's weights as safetensors, a JSON config
+that rebuilds it with every download switched off, the tokenizer, and the text model's
+transformers config. :func:`fundus_lit.load_pretrained` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+from safetensors.torch import save_file
+from torch import Tensor
+
+from fundus_lit import __version__
+from fundus_lit.data.errors import DataError
+from fundus_lit.eval.loading import load_encoder, read_checkpoint
+from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.vision import VisionConfig
+from fundus_lit.pretrained import (
+    CONFIG,
+    FORMAT,
+    FORMAT_VERSION,
+    TEXT_CONFIG,
+    TOKENIZER,
+    WEIGHTS,
+)
+
+
+def plain_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous CPU copies: safetensors refuses tensors that share memory (tied weights) or
+    are views, so each tensor gets its own storage."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def export_config(hp: dict, ckpt: Path, crop_fov: bool) -> dict:
+    """The ``config.json`` of an export: the tower configs as the checkpoint trained them, with
+    pretrained downloads, local weight files and compilation switched off (the weights are in the
+    export; the using machine may lack a compiler), and the text model redirected to the
+    export's own folder (the original reference is kept as ``source_text_model``)."""
+    vision = replace(VisionConfig(**hp["vision"]), pretrained=False, weights=None, compile=False)
+    text = replace(
+        TextConfig(**hp["text"]),
+        name=TEXT_CONFIG,
+        pretrained=False,
+        init_weights=None,
+        compile=False,
+    )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fundus_lit_version": __version__,
+        "source_checkpoint": ckpt.name,
+        "source_text_model": hp["text"]["name"],
+        "vision": asdict(vision),
+        "text": asdict(text),
+        "embed_dim": hp["embed_dim"],
+        "image_size": hp["image_size"],
+        "projection": hp.get("projection", "linear"),
+        "temperature": hp.get("temperature", 0.07),
+        "preprocessing": {"crop_fov": crop_fov, "image_size": hp["image_size"]},
+    }
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, crop_fov: bool = True) -> Path:
+    """Write the export folder ``out`` of PretrainModule checkpoint ``ckpt`` and return it.
+
+    Runs where the checkpoint was trained (or wherever its text model reference resolves): the
+    tokenizer and text config are copied from there, so the export no longer needs it.
+    ``crop_fov`` records whether training images were cropped to the fundus aperture.
+    """
+    ckpt, out = Path(ckpt), Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"export folder {out} exists and is not a folder")
+    data = read_checkpoint(ckpt)
+    encoder, hp = load_encoder(ckpt, data)
+    tokenizer = load_tokenizer(hp["text"]["name"], hp["text"].get("trust_remote_code", False))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(plain_state(encoder.state_dict()), str(out / WEIGHTS), metadata={"format": "pt"})
+    encoder.text.model.config.save_pretrained(out / TEXT_CONFIG)
+    tokenizer.save_pretrained(out / TOKENIZER)
+    config = export_config(hp, ckpt, crop_fov)
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def export_parser() -> ArgumentParser:
+    """Export a training checkpoint as a self-contained model folder: model.safetensors (the
+    dual encoder's weights), config.json, tokenizer/ and text_config/. Load it with
+    fundus_lit.load_pretrained(DIR), without Lightning, the recipe or the original text model."""
+    parser = ArgumentParser(prog="fundus-lit export", description=export_parser.__doc__)
+    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
+    parser.add_argument("--out", type=str, required=True, help="export folder (created)")
+    parser.add_argument(
+        "--crop_fov",
+        type=bool,
+        default=True,
+        help="training cropped images to the fundus aperture (data.crop_fov)",
+    )
+    return parser
+
+
+def export_command(args: list[str]) -> None:
+    cfg = export_parser().parse_args(args)
+    out = export_checkpoint(cfg.ckpt, cfg.out, cfg.crop_fov)
+    print(f"exported {cfg.ckpt} to {out}")

@@ -1,0 +1,273 @@
+"""Interrupted runs continue as if nothing happened: periodic and preemption checkpoints, the
+random state they must carry, and what ``--ckpt_path last`` means on the command line.
+
+Lightning already checkpoints the weights, optimiser, schedulers, loop progress, module buffers
+(EMA copies, ViLReF queues) and the train loader's position (:mod:`fundus_lit.data.resumable`).
+What it leaves out is the global random state that dropout and random masking draw from, and
+it never hands the loader its state when the schedule asked for the number of steps first;
+:class:`ExactResume` fixes both, so a resumed run takes bit-identical steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+#: (signal number, checkpoint path) of the run a PreemptionCheckpoint stopped in this process
+preempted: tuple[int, str] | None = None
+
+
+class ExactResume(L.Callback):
+    """Carries the Python, NumPy, torch and CUDA generators of every rank in checkpoints, and
+    makes sure the train loader gets its saved position back.
+
+    The random state is restored at the first training batch after a resume, not when the
+    checkpoint is read: what runs in between (building the model, a sanity validation) must not
+    move it. Each rank stores its own generators (ranks draw different dropout masks), keyed by
+    rank in the checkpoint, since Lightning gathers callback states from rank 0 only.
+
+    Lightning (2.6) hands saved loader states over only when it builds the train loader after
+    reading the checkpoint; ``trainer.estimated_stepping_batches`` (the schedule's length, asked
+    for in ``configure_optimizers``) builds it before, and the state is then never delivered.
+    :meth:`on_train_start` delivers it, before the first batch is drawn.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @staticmethod
+    def capture() -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            # tensors and numbers only: checkpoints load with weights_only=True
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def apply(state: dict[str, Any]) -> None:
+        random.setstate(_python_state(state["python"]))
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def state_dict(self) -> dict[str, Any]:
+        ranks = _gather_objects(self.capture())
+        return {"ranks": ranks}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("ranks", [])
+        rank = _rank()
+        if rank < len(ranks):
+            self._pending = ranks[rank]
+        else:  # more ranks than the run that wrote it: fresh but distinct streams
+            log.warning("checkpoint has no random state for rank %d; the run goes on", rank)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fit_loop = trainer.fit_loop
+        if getattr(fit_loop, "_combined_loader_states_to_load", None):
+            fit_loop._load_combined_loader_states()
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._pending is not None:
+            self.apply(self._pending)
+            self._pending = None
+
+
+def _python_state(state: Any) -> tuple:
+    # a weights-only checkpoint load turns the state's inner tuple into a list
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint next to its destination, then renames it over the old one.
+
+    A kill during a save (SIGKILL, a node lost, a full disk) leaves the previous checkpoint
+    whole. Lightning's own save writes through a temporary file in the system's temp folder,
+    which is a plain copy (not a rename) whenever that folder is on another filesystem than the
+    checkpoints, as on most clusters. Remote paths (``s3://``...) keep Lightning's way.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimiser steps, mid-epoch included.
+
+    The epoch-end checkpoint (last + best by validation loss) keeps its own callback; this one
+    bounds the work a crash or a kill loses. Both write ``last.ckpt`` into the run's checkpoint
+    folder, so ``--ckpt_path last`` finds whichever is newer.
+    """
+
+    def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            monitor=None,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+        )
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM or SIGUSR1 (what clusters send before they preempt or time a job out), write
+    ``last.ckpt`` at the end of the current training batch and stop the run.
+
+    The handler only records the signal; the checkpoint is written between steps, where the
+    state is consistent. Under SLURM with auto-requeue, Lightning's own SIGUSR1 handler
+    (checkpoint + ``scontrol requeue``) runs first; the requeued job resumes with
+    ``--ckpt_path last``, which picks the newest of this checkpoint and Lightning's.
+    After the run, :func:`exit_if_preempted` ends the process with status 128 + the signal
+    number, so a script chaining commands does not mistake a preempted run for a finished one.
+
+    Args:
+        signals: Signal names to handle.
+    """
+
+    def __init__(self, signals: list[str] | None = None) -> None:
+        self.signals = list(signals or ["SIGTERM", "SIGUSR1"])
+        self.received: int | None = None
+        self.saved: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning's own handlers are in place, so they are chained, not replaced
+        for name in self.signals:
+            signum = getattr(signal, name, None)
+            if signum is None:  # e.g. SIGUSR1 on Windows
+                continue
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning stops a SIGTERMed run at the end of the epoch with SIGTERMException; a
+        # signal during validation or the epoch's last batch never reaches a batch end here
+        if isinstance(exception, SIGTERMException) and self.saved is None:
+            self.received = self.received or int(signal.SIGTERM)
+            self._save(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.saved is not None:
+            return
+        # every rank must take part in the save: stop when any rank was signalled (a collective
+        # of one flag per step, only when running distributed)
+        # Lightning's own flag covers a SIGTERM that came before on_train_start
+        received = self.received is not None or bool(getattr(trainer, "received_sigterm", False))
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
+        if self.received is None:
+            self.received = int(signal.SIGTERM)
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        assert self.received is not None
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved = str(path)
+        trainer.should_stop = True
+        global preempted
+        preempted = (self.received, self.saved)
+        rank_zero_info(
+            f"received {signal.Signals(self.received).name}: saved {path} at step "
+            f"{trainer.global_step}; resume with --ckpt_path last"
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """Where ``last.ckpt`` of this run goes: the folder of its checkpoint callbacks."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return Path(callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def exit_if_preempted() -> None:
+    """Exit with 128 + signal number when a :class:`PreemptionCheckpoint` stopped the run."""
+    if preempted is not None:
+        signum, path = preempted
+        print(
+            f"fundus-lit: preempted by {signal.Signals(signum).name}; checkpoint {path}; "
+            "resume with --ckpt_path last",
+            file=sys.stderr,
+        )
+        sys.exit(128 + int(signum))
+
+
+def find_last(run_dirs: list[Path], extra: list[Path] = ()) -> Path | None:
+    """The newest ``last*.ckpt`` under the version folders of a run (and Lightning's SLURM
+    ``hpc_ckpt_*.ckpt`` files in ``extra`` folders)."""
+    candidates: list[Path] = []
+    for run_dir in run_dirs:
+        candidates += run_dir.glob("version_*/checkpoints/last*.ckpt")
+        candidates += run_dir.glob("checkpoints/last*.ckpt")
+    for folder in extra:
+        candidates += folder.glob("hpc_ckpt_*.ckpt")
+    candidates = [c for c in candidates if c.is_file()]
+    return max(candidates, key=os.path.getmtime) if candidates else None
