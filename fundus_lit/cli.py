@@ -69,6 +69,7 @@ class FundusLitCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}-{step}",
+                "checkpoint.enable_version_counter": False,  # last.ckpt shared, see resume.py
             }
         )
         parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")

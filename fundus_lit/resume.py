@@ -158,6 +158,9 @@ class StepCheckpoint(ModelCheckpoint):
             save_top_k=0,
             save_last=True,
             every_n_train_steps=every_n_train_steps,
+            # one last.ckpt shared with the epoch-end callback, overwritten in place, instead of
+            # last-v1.ckpt, last-v2.ckpt... when the other one wrote it first
+            enable_version_counter=False,
         )
 
 

@@ -182,7 +182,8 @@ def run(root: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def last(root: Path) -> dict:
-    (path,) = (root / "runs" / "vilref").glob("version_*/checkpoints/last.ckpt")
+    # one last checkpoint, shared by the step, epoch-end and preemption checkpoints
+    (path,) = (root / "runs" / "vilref").glob("version_*/checkpoints/last*.ckpt")
     return torch.load(path, weights_only=True, map_location="cpu")
 
 
