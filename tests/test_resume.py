@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ import torch
 from jsonargparse import dict_to_namespace
 from torch.utils.data import DataLoader
 
+from fundus_lit import resume
 from fundus_lit.cli import FundusLitCLI
 from fundus_lit.data.resumable import ResumableLoader
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler
-from fundus_lit.resume import AtomicCheckpointIO, ExactResume
+from fundus_lit.resume import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -110,6 +112,42 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+def test_preemption_signal_chains_the_previous_handler_and_saves_at_the_batch_end(
+    tmp_path, monkeypatch
+):
+    """SIGUSR1 (SLURM's warning before a time limit): Lightning's requeue handler, installed
+    before ours, must still run; the checkpoint waits for the end of the batch."""
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    saved = []
+    trainer = SimpleNamespace(
+        world_size=1,
+        global_step=7,
+        should_stop=False,
+        received_sigterm=False,
+        checkpoint_callbacks=[],
+        default_root_dir=str(tmp_path),
+        save_checkpoint=saved.append,
+    )
+    monkeypatch.setattr(resume, "preempted", None)
+    callback = PreemptionCheckpoint()
+    try:
+        callback.on_train_start(trainer, None)
+        callback.on_train_batch_end(trainer)
+        assert not saved  # no signal, no checkpoint
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls == [signal.SIGUSR1] and not saved  # the handler only takes note
+        callback.on_train_batch_end(trainer)
+        assert saved == [tmp_path / "checkpoints" / "last.ckpt"] and trainer.should_stop
+        callback.on_train_end(trainer, None)
+        assert signal.getsignal(signal.SIGUSR1) is not callback._handle
+        with pytest.raises(SystemExit) as stop:
+            resume.exit_if_preempted()
+        assert stop.value.code == 128 + signal.SIGUSR1
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_ckpt_path_last_finds_the_newest_run_and_continues_in_its_folder(tmp_path):
