@@ -63,9 +63,10 @@ class PretrainModule(L.LightningModule):
         projection: ``linear`` or ``mlp`` projection heads.
         temperature: Initial temperature of the learnable logit scale.
         optim: AdamW and warm-up + cosine schedule settings.
-        max_nonfinite_steps: A step whose loss is not finite (on any rank) is skipped: no
-            backward, no weight or EMA update (Lightning still counts it in ``global_step``, the
-            schedule moves on, and BatchNorm statistics keep the forward's update), counted in
+        max_nonfinite_steps: A step whose loss is not finite (on any rank) is skipped on every
+            rank: no gradient, no weight or EMA update (Lightning still counts it in
+            ``global_step``, the schedule moves on, and BatchNorm statistics keep the forward's
+            update), counted in
             ``train/nonfinite_steps`` and reported with its loss terms. This many in a row stop
             the run with :class:`NonFiniteLossError`; 0 switches the guard off (it reads the loss
             on the host each step, a device sync).
@@ -202,11 +203,17 @@ class PretrainModule(L.LightningModule):
         self._step_started = now
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        self._step_skipped = False
         if not self.automatic_optimization:  # grad_cache (switched on in setup)
             return self._grad_cache_step(batch)
         loss, _ = self._step(batch, "train")
         self._log_train_state(len(batch))
-        return None if self._skip_nonfinite(loss, len(batch)) else loss
+        if self._skip_nonfinite(loss, len(batch)):
+            # Lightning refuses a None step under DDP, and every rank's backward must reach
+            # every parameter: a zero loss over all of them, whose gradients
+            # on_before_optimizer_step then drops, so the optimiser step changes nothing
+            return sum((p.reshape(-1)[:1] * 0).sum() for p in self.parameters() if p.requires_grad)
+        return loss
 
     def _skip_nonfinite(self, loss: Tensor, batch_size: int) -> bool:
         """Whether this step must be dropped because its loss is not finite on some rank."""
@@ -291,6 +298,9 @@ class PretrainModule(L.LightningModule):
             self.automatic_optimization = False
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._step_skipped:  # no gradient, no update (not even weight decay or momentum)
+            optimizer.zero_grad(set_to_none=True)
+            return
         if not self.automatic_optimization:  # automatic optimisation clips after this hook
             # with trainer.gradient_clip_val / gradient_clip_algorithm, after AMP unscaling
             self.clip_gradients(optimizer)

@@ -3,16 +3,21 @@ run with a message naming the step and the loss terms."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import Tensor
 
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.module import NonFiniteLossError
 from fundus_lit.objectives import CLIPObjective
-from tests.test_grad_cache import batches, make_module
+from tests.test_distributed import _free_port
+from tests.test_grad_cache import B, batches, make_module, rows_of
 
 
 class NaNAt(CLIPObjective):
@@ -43,11 +48,12 @@ class Snapshots(L.Callback):
         self.before.append({k: v.detach().clone() for k, v in module.encoder.named_parameters()})
 
 
-def fit(module, steps: int, callbacks=()) -> L.Trainer:
-    data = [batches()[i % len(batches())] for i in range(steps)]
+def fit(module, steps: int, callbacks=(), rows: slice = slice(None), **kwargs) -> L.Trainer:
+    data = [rows_of(batches()[i % len(batches())], rows) for i in range(steps)]
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
+        **kwargs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -64,12 +70,16 @@ def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("grad_cache", [None, 2], ids=["whole-batch", "grad-cache"])
-def test_nan_steps_are_skipped_counted_and_training_goes_on(grad_cache):
+@pytest.mark.parametrize(
+    ("grad_cache", "precision"),
+    [(None, "32-true"), (None, "bf16-mixed"), (2, "32-true")],
+    ids=["whole-batch", "whole-batch-bf16", "grad-cache"],
+)
+def test_nan_steps_are_skipped_counted_and_training_goes_on(grad_cache, precision):
     module = make_module(grad_cache=grad_cache, objectives=[NaNAt({1, 2})], vision="test_resnet")
     snapshots = Snapshots()
     with pytest.warns(UserWarning, match=r"step 1 .*not finite \(nan_clip=nan\)"):
-        trainer = fit(module, 5, [snapshots])
+        trainer = fit(module, 5, [snapshots], precision=precision)
     assert module.nonfinite_steps == 2
     # automatic optimisation counts the dropped steps too (the optimiser ran, on no gradients)
     assert trainer.global_step == (5 if grad_cache is None else 3)
@@ -95,3 +105,30 @@ def test_the_guard_can_be_switched_off():
     fit(module, 1)
     assert module.nonfinite_steps == 0
     assert not all(torch.isfinite(p).all() for p in module.encoder.parameters() if p.requires_grad)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world)}
+    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
+    torch.set_num_threads(1)
+    # only rank 1 sees a NaN, on its second step: both ranks must skip it together
+    module = make_module(objectives=[NaNAt({1} if rank == 1 else set())], vision="test_resnet")
+    share = B // world
+    fit(
+        module,
+        3,
+        rows=slice(rank * share, (rank + 1) * share),
+        devices=world,
+        strategy="ddp",
+        use_distributed_sampler=False,
+    )
+    params = {k: v.detach().clone() for k, v in module.encoder.named_parameters()}
+    torch.save({"skipped": module.nonfinite_steps, "params": params}, Path(out_dir) / f"{rank}.pt")
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    assert [r["skipped"] for r in ranks] == [1, 1]
+    assert same(ranks[0]["params"], ranks[1]["params"])  # DDP replicas still agree
+    assert all(torch.isfinite(v).all() for v in ranks[0]["params"].values())
