@@ -191,7 +191,8 @@ class PretrainModule(L.LightningModule):
             # buffers sized from the first batch (ViLReF's label queue) are empty until then and
             # take the checkpoint's shape when loaded
             expected = {
-                k: found.get(k, v) if v.numel() == 0 else v for k, v in self.state_dict().items()
+                k: found.get(k, v) if isinstance(v, Tensor) and v.numel() == 0 else v
+                for k, v in self.state_dict().items()
             }
             check_keys("the checkpoint", "the model built from the config", expected, found)
 
