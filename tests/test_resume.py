@@ -23,6 +23,7 @@ from fundus_lit.cli import FundusLitCLI
 from fundus_lit.data.resumable import ResumableLoader
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler
 from fundus_lit.resume import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from tests.test_distributed import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -95,6 +96,32 @@ def test_random_state_survives_a_weights_only_checkpoint(tmp_path):
     loaded.on_train_batch_start(None)
     got = (random.random(), np.random.rand(), torch.rand(3))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def _rank_states(rank: int, world: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.manual_seed(100 + rank)  # ranks draw different dropout masks
+    state = ExactResume().state_dict()  # a collective: every rank's generators
+    restored = ExactResume()
+    restored.load_state_dict(state)
+    torch.manual_seed(0)
+    restored.on_train_batch_start(None)
+    torch.save({"state": state, "next": torch.rand(2)}, Path(out) / f"{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_each_rank_saves_and_gets_back_its_own_random_state(tmp_path):
+    torch.multiprocessing.spawn(
+        _rank_states, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True
+    )
+    results = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    for rank, result in enumerate(results):
+        ranks = result["state"]["ranks"]
+        assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+        torch.manual_seed(100 + rank)
+        assert torch.equal(result["next"], torch.rand(2))  # its own stream, not rank 0's
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
