@@ -16,7 +16,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, dict_to_namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -113,9 +113,12 @@ class FundusLitCLI(LightningCLI):
             logger = logger[0] if logger else False
         run_dirs: list[Path] = []
         if logger is None or logger is True:  # Lightning's default TensorBoard logger
-            logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger"}
-            logger["init_args"] = {"save_dir": str(root)}
-            trainer.logger = logger = _namespace(logger)
+            trainer.logger = logger = dict_to_namespace(
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(root)},
+                }
+            )
         if logger:
             args = logger.get("init_args") or {}
             save_dir = Path(args.get("save_dir") or root)
@@ -404,12 +407,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def _namespace(value: dict):
-    from jsonargparse import Namespace, dict_to_namespace
-
-    return value if isinstance(value, Namespace) else dict_to_namespace(value)
-
-
 def _describe_config_error(err: BaseException, config) -> str:
     """``KEY: reason`` for an error raised while instantiating ``config``'s classes.
 
@@ -452,7 +449,7 @@ def _find_class(node, class_path: str, prefix: str = "") -> str | None:
 
 def _get(node, key: str):
     for part in re.findall(r"[^.\[\]]+", key):
-        node = node[int(part)] if part.isdigit() else getattr(node, part, None) or node[part]
+        node = node[int(part)] if part.isdigit() else node[part]
     return node
 
 

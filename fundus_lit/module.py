@@ -66,10 +66,9 @@ class PretrainModule(L.LightningModule):
         max_nonfinite_steps: A step whose loss is not finite (on any rank) is skipped on every
             rank: no gradient, no weight or EMA update (Lightning still counts it in
             ``global_step``, the schedule moves on, and BatchNorm statistics keep the forward's
-            update), counted in
-            ``train/nonfinite_steps`` and reported with its loss terms. This many in a row stop
-            the run with :class:`NonFiniteLossError`; 0 switches the guard off (it reads the loss
-            on the host each step, a device sync).
+            update), counted in ``train/nonfinite_steps`` and reported with its loss terms. This
+            many in a row stop the run with :class:`NonFiniteLossError`; 0 switches the guard
+            off (it reads the loss on the host each step, a device sync).
         grad_cache: Chunk size (samples) of the gradient cache (:mod:`fundus_lit.grad_cache`);
             null or 0 trains on the whole batch at once. With it, each step embeds the batch in
             chunks without graphs, computes the loss on all embeddings, then replays each chunk's
@@ -220,9 +219,10 @@ class PretrainModule(L.LightningModule):
         """Whether this step must be dropped because its loss is not finite on some rank."""
         if not self.max_nonfinite_steps:
             return False
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:  # every rank skips, or none: DDP must step together
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        # every rank skips, or none: DDP must step together (a no-op on one device)
+        bad = self.trainer.strategy.reduce_boolean_decision(
+            not bool(torch.isfinite(loss.detach())), all=False
+        )
         if not bad:
             self._nonfinite_run = 0
             return False
@@ -331,7 +331,6 @@ class PretrainModule(L.LightningModule):
         }
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        self._step_skipped = False
         super().optimizer_step(*args, **kwargs)  # runs training_step inside
         if self._step_skipped:  # the optimiser found no gradients: nothing moved, nor may EMAs
             return

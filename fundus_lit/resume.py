@@ -27,6 +27,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fundus_lit.objectives.distributed import world
+
 log = logging.getLogger(__name__)
 
 #: (signal number, checkpoint path) of the run a PreemptionCheckpoint stopped in this process
@@ -79,7 +81,7 @@ class ExactResume(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict.get("ranks", [])
-        rank = _rank()
+        rank, _ = world()
         if rank < len(ranks):
             self._pending = ranks[rank]
         else:  # more ranks than the run that wrote it: fresh but distinct streams
@@ -102,17 +104,12 @@ def _python_state(state: Any) -> tuple:
     return version, tuple(internal), gauss
 
 
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _gather_objects(obj: Any) -> list[Any]:
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    _, size = world()
+    if size == 1:
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * size
+    torch.distributed.all_gather_object(out, obj)
     return out
 
 
@@ -212,12 +209,11 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.saved is not None:
             return
-        # every rank must take part in the save: stop when any rank was signalled (a collective
-        # of one flag per step, only when running distributed)
-        # Lightning's own flag covers a SIGTERM that came before on_train_start
+        # Lightning's own flag covers a SIGTERM that came before on_train_start; every rank must
+        # take part in the save, so stop when any rank was signalled (one flag per step, a
+        # collective only when distributed)
         received = self.received is not None or bool(getattr(trainer, "received_sigterm", False))
-        if trainer.world_size > 1:
-            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return
         if self.received is None:

@@ -151,6 +151,7 @@ def test_preemption_signal_chains_the_previous_handler_and_saves_at_the_batch_en
     saved = []
     trainer = SimpleNamespace(
         world_size=1,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
         global_step=7,
         should_stop=False,
         received_sigterm=False,

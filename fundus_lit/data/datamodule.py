@@ -129,7 +129,7 @@ class FundusDataModule(L.LightningDataModule):
         self.expert_sources = list(expert or [])
         self.expert_text = expert_text or ReportTextBuilder(require_text=True)
         MissingFiles(missing)  # an unknown policy fails here, not after reading every source
-        self.missing, self.bad_input = missing, bad_input
+        self.missing = missing
         self.collate = Collator(tokenizer, max_length, bad_input)
         self.skip_log = SkipLog()
         self.splits: dict[str, Items] = {}
@@ -207,10 +207,8 @@ class FundusDataModule(L.LightningDataModule):
         pipeline = ImagePipeline(self.image_size, self.crop_fov, augment)
         return RecordDataset(self.splits[split], self.text, pipeline, self.seed)
 
-    def _loader(
-        self, split: str, augment: bool | None = None, loader: type = DataLoader, **kwargs
-    ) -> DataLoader:
-        return self._make_loader(loader, self.dataset(split, augment), self.collate, **kwargs)
+    def _loader(self, split: str, augment: bool | None = None, **kwargs) -> DataLoader:
+        return self._make_loader(DataLoader, self.dataset(split, augment), self.collate, **kwargs)
 
     def _make_loader(self, loader: type, dataset, collate, **kwargs) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)
@@ -240,7 +238,13 @@ class FundusDataModule(L.LightningDataModule):
                 f"of {self.batch_size}; lower data.batch_size or add data"
             )
         if not self.expert_sources:
-            return self._loader("train", loader=ResumableLoader, sampler=sampler, drop_last=True)
+            return self._make_loader(
+                ResumableLoader,
+                self.dataset("train"),
+                self.collate,
+                sampler=sampler,
+                drop_last=True,
+            )
         expert = RecordDataset(
             self.splits["expert"],
             self.expert_text,

@@ -77,10 +77,10 @@ def extract_features(
             texts.extend(batch.texts)
         order.append(batch.indices.cpu())
     indices = torch.cat(order) if order else torch.empty(0, dtype=torch.long)
-    in_order = bool((indices[1:] > indices[:-1]).all()) and len(indices) + len(skipped) == len(
-        records
-    )
-    if not in_order or (len(indices) and int(indices[-1]) >= len(records)):
+    # increasing, within range, and every record either encoded or skipped
+    increasing = bool((indices[1:] > indices[:-1]).all())
+    in_range = not len(indices) or int(indices[-1]) < len(records)
+    if not (increasing and in_range and len(indices) + len(skipped) == len(records)):
         raise RuntimeError(
             f"feature extraction expects a sequential loader over all {len(records)} records; "
             f"got {len(indices)} samples ({len(skipped)} skipped) in a different order"
