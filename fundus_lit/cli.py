@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fundus_lit.core.precision import cpu_precision, runs_on_cpu
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import ConfigError, DataError
 from fundus_lit.models.resolve import ModelNotFoundError
@@ -144,6 +145,17 @@ class FundusLitCLI(LightningCLI):
         version = found.parent.parent.name
         if logger and found.parent.name == "checkpoints" and version.startswith("version_"):
             logger.init_args.version = version
+
+    def before_instantiate_classes(self) -> None:
+        """bf16 asked for on a CPU that only emulates it becomes fp32 (see
+        :mod:`fundus_lit.core.precision`); the saved ``config.yaml`` records what ran."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is None or not runs_on_cpu(trainer.get("accelerator")):
+            return
+        trainer.precision, message = cpu_precision(trainer.get("precision"))
+        if message and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"fundus-lit: {message}", file=sys.stderr)
 
     def instantiate_classes(self) -> None:
         """A value a class refuses (``ValueError``/``TypeError`` from its constructor) becomes a

@@ -1,0 +1,2 @@
+"""The bottom layer: helpers every other part of the package may use, importing nothing else
+from it."""
