@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cli import base_args
 
 from fundus_lit.cli import cli_main
 from fundus_lit.core.precision import ENV, cpu_bf16, cpu_precision, runs_on_cpu
-from test_cli import base_args
 
 
 def _cpu(monkeypatch, bf16: bool, amx: bool = False) -> None:
@@ -81,4 +81,3 @@ def test_cli_picks_the_trainer_precision_from_the_cpu(
     assert cli.trainer.precision == expected
     err = capsys.readouterr().err
     assert f"fundus-lit: precision bf16-mixed{' -> 32-true' if not native else ''}" in err
-
