@@ -141,11 +141,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` optimiser steps, mid-epoch included.
+    """``last.ckpt`` every ``every_n_train_steps`` optimiser steps, mid-epoch included, and at
+    the final step of every run that ends without a crash.
 
     The epoch-end checkpoint (last + best by validation loss) keeps its own callback; this one
     bounds the work a crash or a kill loses. Both write ``last.ckpt`` into the run's checkpoint
-    folder, so ``--ckpt_path last`` finds whichever is newer.
+    folder, so ``--ckpt_path last`` finds whichever is newer. A run that stops between those
+    saves (``max_steps`` or ``max_time`` mid-epoch, a callback setting ``should_stop``) would
+    otherwise leave a ``last.ckpt`` some steps short of the weights it ended with: Lightning's
+    own train-end save only runs when no last checkpoint was written at all.
     """
 
     def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None) -> None:
@@ -159,6 +163,22 @@ class StepCheckpoint(ModelCheckpoint):
             # last-v1.ckpt, last-v2.ckpt... when the other one wrote it first
             enable_version_counter=False,
         )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0 or _saved_at(trainer, trainer.global_step):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _saved_at(trainer: L.Trainer, step: int) -> bool:
+    """Whether some callback already wrote ``last.ckpt`` at ``step``."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last:
+            if callback._last_global_step_saved == step and callback.last_model_path:
+                return True
+        if isinstance(callback, PreemptionCheckpoint) and callback.saved_step == step:
+            return True
+    return False
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -180,6 +200,7 @@ class PreemptionCheckpoint(L.Callback):
         self.signals = list(signals or ["SIGTERM", "SIGUSR1"])
         self.received: int | None = None
         self.saved: str | None = None
+        self.saved_step: int | None = None
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -224,7 +245,7 @@ class PreemptionCheckpoint(L.Callback):
         assert self.received is not None
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        self.saved = str(path)
+        self.saved, self.saved_step = str(path), trainer.global_step
         trainer.should_stop = True
         global preempted
         preempted = (self.received, self.saved)
