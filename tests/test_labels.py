@@ -78,6 +78,70 @@ def test_unmapped_phrases(extractor):
     assert extractor.extract(report).unmapped == ("arteriovenous nicking",)
 
 
+# (report, positive, negated, uncertain): real-world phrasings of the disc, image-quality and
+# red-dot findings the generator writes, with their clinical reading.
+CUPPING = ("optic disc cupping",)
+SYNONYM_CASES = [
+    ("Enlarged optic cup.", CUPPING, (), ()),
+    ("Optic cup enlargement.", CUPPING, (), ()),
+    ("Cupping of the optic disc.", CUPPING, (), ()),
+    ("Optic disc cupping.", CUPPING, (), ()),
+    ("Cupped disc.", CUPPING, (), ()),
+    ("Optic disc excavation.", CUPPING, (), ()),
+    ("Increased cup-to-disc ratio.", CUPPING, (), ()),
+    ("Increased cup:disc ratio.", CUPPING, (), ()),
+    ("Large C/D ratio.", CUPPING, (), ()),
+    ("High CDR.", CUPPING, (), ()),
+    ("Thinning of the neuroretinal rim.", CUPPING, (), ()),
+    ("Inferior neuroretinal rim thinning.", CUPPING, (), ()),
+    ("CDR 0.8.", CUPPING, (), ()),
+    ("Vertical CDR = 0.75.", CUPPING, (), ()),
+    ("C/D 0.9 in the right eye.", CUPPING, (), ()),
+    ("Cup-to-disc ratio of 0.7.", CUPPING, (), ()),
+    ("Vertical cup:disc ratio 0.70 with a thin rim.", CUPPING, (), ()),
+    ("CDR 1.0, total cupping.", CUPPING, (), ()),
+    ("Glaucomatous cupping.", ("glaucoma", *CUPPING), (), ()),
+    ("No cupping.", (), CUPPING, ()),
+    ("No increased cupping; CDR 0.3.", (), CUPPING, ()),
+    ("No enlarged optic cup.", (), CUPPING, ()),
+    ("No glaucomatous cupping.", ("no glaucoma",), ("glaucoma", *CUPPING), ()),
+    ("Cup to disc ratio not increased.", (), (), ()),
+    ("Possible optic cup enlargement.", (), (), CUPPING),
+    ("Small cup.", (), (), ()),
+    ("Optic disc pink with a small cup (CDR 0.3).", (), (), ()),
+    ("Physiological cup.", (), (), ()),
+    ("Physiologic cupping.", (), (), ()),
+    ("Large physiological cup.", (), (), ()),  # a normal variant of a large disc, not cupping
+    ("CDR 0.4.", (), (), ()),
+    ("Cup:disc ratio 0.35, disc margins sharp.", (), (), ()),
+    ("A few tiny red dots at the macula.", ("microaneurysms",), (), ()),
+    ("Small red dots around the fovea.", ("microaneurysms",), (), ()),
+    ("Hazy view.", ("low image quality",), (), ()),
+    ("Image quality reduced.", ("low image quality",), (), ()),
+    ("Reduced image quality.", ("low image quality",), (), ()),
+    ("Foveal reflex present.", (), (), ()),
+    ("Optic disc well perfused.", (), (), ()),
+    ("Disc: well-defined margins.", (), (), ()),
+    ("Disc, macula and vessels within normal limits.", ("normal",), (), ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("report", "positive", "negated", "uncertain"), SYNONYM_CASES, ids=[c[0] for c in SYNONYM_CASES]
+)
+def test_disc_and_quality_synonyms(extractor, report, positive, negated, uncertain):
+    found = extractor.extract(report)
+    assert (set(found.positive), set(found.negated)) == (set(positive), set(negated))
+    assert set(found.uncertain) == set(uncertain)
+    assert found.unmapped == ()
+
+
+def test_borderline_cup_to_disc_ratio_is_left_to_the_reader(extractor):
+    """0.6-0.7 is neither a large nor a normal cup: no label, and the phrase stays visible."""
+    found = extractor.extract("Drusen; CDR 0.65.")
+    assert found.positive == ("drusen",) and found.unmapped == ("cdr 0.65",)
+
+
 def test_restricted_vocabulary():
     ex = LabelExtractor(["DR", "glaucoma"])
     assert ex.vocabulary == ["diabetic retinopathy", "glaucoma"]
