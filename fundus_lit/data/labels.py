@@ -137,6 +137,9 @@ _CUES: dict[str, tuple[str, bool, bool]] = {
         ),
         (_UNC, True, True),
     ),
+    # what comes before "suggestive of" is the evidence, stated as fact: "CDR 0.8 suggestive of
+    # glaucoma" is a large cup and uncertain glaucoma
+    "suggestive of": (_UNC, False, True),
     **dict.fromkeys(
         _phrases(
             "cannot be excluded|can not be excluded|not excluded|not ruled out"
