@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import csv
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from fundus_lit.data.errors import DataError
 from fundus_lit.data.labels import Extraction, LabelExtractor, label_vocabulary, multi_hot
 from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import parse_list_cell
+from fundus_lit.data.synthetic import CATEGORIES, FundusSynth, report_details
+from fundus_lit.data.synthetic.reports import IMPLIED_BY
 from fundus_lit.labels_cli import labels_command
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reports.csv"
@@ -76,6 +79,135 @@ def test_unmapped_phrases(extractor):
         "Drusen, arteriovenous nicking."
     )
     assert extractor.extract(report).unmapped == ("arteriovenous nicking",)
+
+
+# The dictionary categories a synthetic finding kind is written as: the extractor labels what a
+# report names and infers no diagnosis from a sign, so a category the impression leaves out is
+# recovered as the label of the finding that implies it.
+FINDING_LABELS = {
+    "new_vessels": {
+        "neovascularization",
+        "neovascularization of the disc",
+        "neovascularization elsewhere",
+    },
+    "enlarged_cup": {"optic disc cupping"},
+    "drusen": {"drusen"},
+    "flame_haemorrhage": {"flame hemorrhages"},
+    "tessellation": {"tessellation"},
+}
+# ground-truth tags of denied signs -> the category a denial must not affirm
+DENIED_SIGNS = {
+    "microaneurysm": "microaneurysms",
+    "haemorrhage": "hemorrhages",
+    "hard_exudate": "hard exudates",
+    "cotton_wool_spot": "cotton wool spots",
+    "new_vessels": "neovascularization",
+    "drusen": "drusen",
+}
+
+
+def _disagreements(found: Extraction, truth) -> list[str]:
+    """How one extraction departs from the generator's ground truth (empty: it agrees)."""
+    positive, uncertain = set(found.positive), set(found.uncertain)
+    out = []
+    for cat in truth.categories:
+        if cat in truth.omitted:
+            if not FINDING_LABELS[IMPLIED_BY[cat]] & positive:
+                out.append(f"omitted {cat!r}: its finding is not labelled")
+        elif cat in truth.hedged and cat not in uncertain - positive:
+            out.append(f"hedged {cat!r} is not uncertain")
+        elif cat not in truth.hedged and cat not in positive:
+            out.append(f"{cat!r} is not positive")
+    wrong = (positive | uncertain) & (set(CATEGORIES) - set(truth.categories))
+    wrong |= positive & {DENIED_SIGNS[tag] for tag in truth.negated if tag in DENIED_SIGNS}
+    return out + [f"{name!r} is affirmed but absent" for name in sorted(wrong)]
+
+
+def test_synthetic_reports_map_completely_and_agree_with_their_truth(extractor):
+    """Every phrase the project's own report generator writes maps (or is a known normal
+    remark), and the labels match the categories each report was written from."""
+    unmapped: Counter[str] = Counter()
+    wrong: list[tuple[list[str], str]] = []
+    reports = 0
+    for seed in (0, 1, 2):
+        synth = FundusSynth(seed=seed, size=32, sites=2)
+        for index in range(1000):
+            truth = report_details(synth, index)
+            found = extractor.extract(truth.text)
+            unmapped.update(found.unmapped)
+            errors = _disagreements(found, truth)
+            if errors:
+                wrong.append((errors, truth.text))
+            reports += 1
+    assert reports == 3000
+    assert not unmapped, unmapped.most_common(10)
+    assert not wrong, (len(wrong), wrong[:3])
+
+
+# (report, positive, negated, uncertain): real-world phrasings of the disc, image-quality and
+# red-dot findings the generator writes, with their clinical reading.
+CUPPING = ("optic disc cupping",)
+SYNONYM_CASES = [
+    ("Enlarged optic cup.", CUPPING, (), ()),
+    ("Optic cup enlargement.", CUPPING, (), ()),
+    ("Cupping of the optic disc.", CUPPING, (), ()),
+    ("Optic disc cupping.", CUPPING, (), ()),
+    ("Cupped disc.", CUPPING, (), ()),
+    ("Optic disc excavation.", CUPPING, (), ()),
+    ("Increased cup-to-disc ratio.", CUPPING, (), ()),
+    ("Increased cup:disc ratio.", CUPPING, (), ()),
+    ("Large C/D ratio.", CUPPING, (), ()),
+    ("High CDR.", CUPPING, (), ()),
+    ("Thinning of the neuroretinal rim.", CUPPING, (), ()),
+    ("Inferior neuroretinal rim thinning.", CUPPING, (), ()),
+    ("CDR 0.8.", CUPPING, (), ()),
+    ("Vertical CDR = 0.75.", CUPPING, (), ()),
+    ("C/D 0.9 in the right eye.", CUPPING, (), ()),
+    ("Cup-to-disc ratio of 0.7.", CUPPING, (), ()),
+    ("Vertical cup:disc ratio 0.70 with a thin rim.", CUPPING, (), ()),
+    ("CDR 1.0, total cupping.", CUPPING, (), ()),
+    ("Glaucomatous cupping.", ("glaucoma", *CUPPING), (), ()),
+    ("No cupping.", (), CUPPING, ()),
+    ("No increased cupping; CDR 0.3.", (), CUPPING, ()),
+    ("No enlarged optic cup.", (), CUPPING, ()),
+    ("No glaucomatous cupping.", ("no glaucoma",), ("glaucoma", *CUPPING), ()),
+    ("Cup to disc ratio not increased.", (), (), ()),
+    ("Possible optic cup enlargement.", (), (), CUPPING),
+    # the evidence before "suggestive of" stays a fact; the suspicion class is the usual one
+    ("CDR 0.8 suggestive of glaucoma.", ("glaucoma suspect", *CUPPING), (), ("glaucoma",)),
+    ("Small cup.", (), (), ()),
+    ("Optic disc pink with a small cup (CDR 0.3).", (), (), ()),
+    ("Physiological cup.", (), (), ()),
+    ("Physiologic cupping.", (), (), ()),
+    ("Large physiological cup.", (), (), ()),  # a normal variant of a large disc, not cupping
+    ("CDR 0.4.", (), (), ()),
+    ("Cup:disc ratio 0.35, disc margins sharp.", (), (), ()),
+    ("A few tiny red dots at the macula.", ("microaneurysms",), (), ()),
+    ("Small red dots around the fovea.", ("microaneurysms",), (), ()),
+    ("Hazy view.", ("low image quality",), (), ()),
+    ("Image quality reduced.", ("low image quality",), (), ()),
+    ("Reduced image quality.", ("low image quality",), (), ()),
+    ("Foveal reflex present.", (), (), ()),
+    ("Optic disc well perfused.", (), (), ()),
+    ("Disc: well-defined margins.", (), (), ()),
+    ("Disc, macula and vessels within normal limits.", ("normal",), (), ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("report", "positive", "negated", "uncertain"), SYNONYM_CASES, ids=[c[0] for c in SYNONYM_CASES]
+)
+def test_disc_and_quality_synonyms(extractor, report, positive, negated, uncertain):
+    found = extractor.extract(report)
+    assert (set(found.positive), set(found.negated)) == (set(positive), set(negated))
+    assert set(found.uncertain) == set(uncertain)
+    assert found.unmapped == ()
+
+
+def test_borderline_cup_to_disc_ratio_is_left_to_the_reader(extractor):
+    """0.6-0.7 is neither a large nor a normal cup: no label, and the phrase stays visible."""
+    found = extractor.extract("Drusen; CDR 0.65.")
+    assert found.positive == ("drusen",) and found.unmapped == ("cdr 0.65",)
 
 
 def test_restricted_vocabulary():

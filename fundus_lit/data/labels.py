@@ -29,6 +29,12 @@ Rules, in order:
   haemorrhages absent"). Negation beats uncertainty; a cue that is part of a longer mention or
   cue is not a cue ("no dr", "possible glaucoma", "cannot exclude").
 * "rule out X" is a request, so it marks X uncertain; "X ruled out" negates it.
+* Cup-to-disc ratio. A written ratio ("CDR 0.8", "cup:disc ratio of 0.3", "C/D 0.75") is read
+  as the finding it states: :data:`LARGE_CDR` or more is a large cup (*optic disc cupping*),
+  below :data:`NORMAL_CDR_BELOW` a normal cup; a borderline ratio is left as written.
+* Normal remarks. :data:`NORMAL_REMARKS` ("small cup", "physiological cupping", "foveal reflex
+  present") describe a healthy structure: they are no label, but they are matched like mentions,
+  so "physiological cupping" is not *cupping*, and their segment is not unmapped.
 * Absence and suspicion classes. A dictionary phrase made of a cue and another category's phrase
   ("no diabetic retinopathy", "not glaucoma", "possible glaucoma") is an affirmed class of its
   own; it also negates (or marks uncertain) the category it names, and a negated (uncertain)
@@ -47,6 +53,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal
 
 from fundus_lit.knowledge import KnowledgeBase, category_key
@@ -62,7 +69,38 @@ SYNONYMS: dict[str, str] = {
     "retinal bleeding": "hemorrhages",
     "swollen disc": "optic disc edema",
     "hypertensive changes": "hypertensive retinopathy",
+    "tiny red dot": "microaneurysms",  # "tiny red dots, consistent with microaneurysms"
+    "small red dot": "microaneurysms",
+    # a thinning neuroretinal rim is the enlarging cup seen from the rim: one glaucomatous change
+    "neuroretinal rim thinning": "optic disc cupping",
+    "thinning of the neuroretinal rim": "optic disc cupping",
+    "thin neuroretinal rim": "optic disc cupping",
+    "rim thinning": "optic disc cupping",
 }
+#: Phrases that describe a healthy structure. A small or physiological cup is the normal disc,
+#: not a label of its own: mapping it to ``normal`` would state a verdict on the whole eye from
+#: one structure (``normal`` is residual, and a restricted vocabulary may leave out the finding
+#: that should drop it), and to ``no glaucoma`` would infer a diagnosis from a sign. They are
+#: whole phrases rather than :data:`_BOILERPLATE` words because single words are not safe:
+#: "well perfused" is normal, "poorly perfused" is ischaemia; "foveal reflex present" is normal,
+#: "dull foveal reflex" is not.
+NORMAL_REMARKS: tuple[str, ...] = (
+    "small cup",
+    "small optic cup",
+    "physiological cup",
+    "physiologic cup",
+    "physiological cupping",
+    "physiologic cupping",
+    "foveal reflex present",
+    "foveal reflex seen",
+    "foveal reflex visible",
+    "well perfused",
+    "well defined margin",
+)
+#: Cup-to-disc ratio bands: 0.7 or more is the usual screening threshold of a large cup, and
+#: below 0.6 is within the normal range. A ratio in between is borderline, a call the report's
+#: other words must make, so it is left as written and stays visible among unmapped phrases.
+LARGE_CDR, NORMAL_CDR_BELOW = Decimal("0.7"), Decimal("0.6")
 #: Dictionary aliases not matched in running text: "no fundus" (of "no fundus image") is the
 #: start of "no fundus abnormality" far more often than a verdict on the photograph.
 AMBIGUOUS_ALIASES = frozenset({"no fundus"})
@@ -99,6 +137,9 @@ _CUES: dict[str, tuple[str, bool, bool]] = {
         ),
         (_UNC, True, True),
     ),
+    # what comes before "suggestive of" is the evidence, stated as fact: "CDR 0.8 suggestive of
+    # glaucoma" is a large cup and uncertain glaucoma
+    "suggestive of": (_UNC, False, True),
     **dict.fromkeys(
         _phrases(
             "cannot be excluded|can not be excluded|not excluded|not ruled out"
@@ -128,7 +169,8 @@ _STOPWORDS = frozenset(
         "the and for with are was were been there this that these those its from both left right"
         " eye fundus retina retinal photograph image picture show showing shown seen noted present"
         " visible observed found appear appears also some few several area region side which has"
-        " have had into onto over under near around",
+        " have had into onto over under near around"
+        " disc optic macula fovea vessel",  # a structure named alone states no finding
         " ",
     )
 )
@@ -139,6 +181,13 @@ _WORD = re.compile(r"[a-z0-9]+|[?,]")
 _TITLE = re.compile(r"\bDr\.(?=\s+[A-Z][a-z])")  # "Dr. Smith" is a doctor, not retinopathy
 _PREFIX = re.compile(
     r"\b(non|pre|intra)(?=(?:proliferative|exudative|neovascular|retinal|diabetic|glaucomatous)\b)"
+)
+# "CDR 0.8", "vertical cup-to-disc ratio of 0.75", "C/D 0.3", "cup:disc ratio = .4"
+_CDR = re.compile(
+    r"(?<![a-z0-9])(?:v?cdr|c\s*[/:]\s*d(?:\s+ratio)?|cd\s+ratio"
+    r"|cup\s*[-:/]?\s*(?:to\s*-?\s*)?disc(?:\s+ratio)?)"
+    r"(?:\s*(?:[:=~]|of|is|was|about|approximately|around)(?![a-z]))*\s*"
+    r"(\d*\.\d+|[01](?![.\d]))"
 )
 _SPELLING = (("aem", "em"), ("oedem", "edem"), ("isation", "ization"), ("fibre", "fiber"))
 _SPELLING += (("naev", "nev"), ("centre", "center"), ("tesselat", "tessellat"))
@@ -155,8 +204,21 @@ def _fold(word: str) -> str:
     return word
 
 
+def _cdr_phrase(match: re.Match[str]) -> str:
+    """A ratio as the words for its cup: "large cup to disc ratio" is a dictionary alias of
+    optic disc cupping and "small cup" a normal remark, so the usual rules take it from there.
+    Decimal, so a ratio on a band edge compares as written rather than as a binary float."""
+    value = Decimal(match.group(1))
+    if value >= LARGE_CDR:
+        return f"large cup to disc ratio {match.group(1)}"
+    if value < NORMAL_CDR_BELOW:
+        return f"small cup to disc ratio {match.group(1)}"
+    return match.group(0)
+
+
 def _prepare(text: str) -> str:
     text = _TITLE.sub("doctor", text).lower().replace("can't", "cannot").replace("n't", " not")
+    text = _CDR.sub(_cdr_phrase, text)
     return _PREFIX.sub(r"\1 ", re.sub(r"'s\b|'", "", text))
 
 
@@ -233,10 +295,15 @@ class _Cue:
 
 
 @dataclass(frozen=True)
+class _Remark:
+    """A :data:`NORMAL_REMARKS` phrase: no label, no cue."""
+
+
+@dataclass(frozen=True)
 class _Match:
     start: int
     end: int
-    item: _Mention | _Cue | None  # None: a comma
+    item: _Mention | _Cue | _Remark | None  # None: a comma
 
 
 class LabelExtractor:
@@ -266,9 +333,10 @@ class LabelExtractor:
         self._normal = next((n for n in self.vocabulary if category_key(n) == "normal"), None)
         self._not_findings = {self._normal, *self._absence.values()}
 
-    def _build_table(self) -> tuple[dict[tuple[str, ...], _Mention | _Cue], int]:
-        """Phrases of the vocabulary's categories, then synonyms, then cues; the first claim of a
-        folded phrase wins, so the dictionary beats the synonym table and mentions beat cues."""
+    def _build_table(self) -> tuple[dict[tuple[str, ...], _Mention | _Cue | _Remark], int]:
+        """Phrases of the vocabulary's categories, then synonyms, then normal remarks and cues;
+        the first claim of a folded phrase wins, so the dictionary beats the synonym table and
+        mentions beat remarks and cues."""
         phrases: dict[tuple[str, ...], str] = {}
         for name in self.vocabulary:
             cat = self.knowledge[name]
@@ -279,7 +347,8 @@ class LabelExtractor:
             if name in self._order:
                 phrases.setdefault(_words(phrase), name)
         cues = {_words(c): _Cue(*spec) for c, spec in _CUES.items()}
-        table: dict[tuple[str, ...], _Mention | _Cue] = dict(cues)
+        table: dict[tuple[str, ...], _Mention | _Cue | _Remark] = dict(cues)
+        table.update(dict.fromkeys(map(_words, NORMAL_REMARKS), _Remark()))
         for words, name in phrases.items():
             table[words] = self._mention(words, name, phrases, cues)
         return table, max(len(w) for w in table)
@@ -369,7 +438,7 @@ class LabelExtractor:
         out = []
         bounds = [-1] + [m.start for m in matches if m.item is None] + [len(spans)]
         for lo, hi in zip(bounds, bounds[1:]):
-            if any(isinstance(m.item, _Mention) and lo < m.start < hi for m in matches):
+            if any(isinstance(m.item, (_Mention, _Remark)) and lo < m.start < hi for m in matches):
                 continue
             words = [_fold(text[a:b]) for a, b in spans[lo + 1 : hi]]
             content = [w for w in words if len(w) > 2 and w.isalpha() and w not in _STOPWORDS]
@@ -415,5 +484,5 @@ class LabelExtractor:
         return multi_hot(names, self.vocabulary)
 
 
-def _is(mention: _Mention | _Cue, kind: str) -> bool:
+def _is(mention: _Mention | _Cue | _Remark, kind: str) -> bool:
     return isinstance(mention, _Mention) and mention.cue == kind and mention.base is not None
