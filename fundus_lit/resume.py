@@ -173,9 +173,13 @@ class StepCheckpoint(ModelCheckpoint):
 def _saved_at(trainer: L.Trainer, step: int) -> bool:
     """Whether some callback already wrote ``last.ckpt`` at ``step``."""
     for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last:
-            if callback._last_global_step_saved == step and callback.last_model_path:
-                return True
+        if (
+            isinstance(callback, ModelCheckpoint)
+            and callback.save_last
+            and callback.last_model_path
+            and callback._last_global_step_saved == step
+        ):
+            return True
         if isinstance(callback, PreemptionCheckpoint) and callback.saved_step == step:
             return True
     return False
