@@ -229,20 +229,23 @@ def test_skips_are_logged_as_a_metric(data):
     assert dm.skip_log.counts == {"train": 1}
 
 
-def test_empty_report_follows_the_policy(tmp_path):
+@pytest.mark.parametrize("require_text", [False, True])
+def test_empty_report_follows_the_policy(tmp_path, require_text):
     path = write_report_dataset(tmp_path, n=8, size=48, sites=1)
     table = rows(path)
     table[3][1] = "   \n  "  # data row 2: whitespace only
     write_rows(path, table)
     source = ReportCSVSource(str(path))
-    text = ReportTextBuilder(require_text=True)
+    # an empty report is refused even by a builder that falls back to a template for records
+    # of formats without text: a template in its place trains on words nobody wrote for it
+    text = ReportTextBuilder(require_text=require_text)
     where = f"{path}, line 4"
 
     dm = datamodule(test=[source], text=text, batch_size=4)
-    dm.setup("test")
-    with pytest.raises(BadInputError, match=r"no usable text") as err:
-        list(dm.test_dataloader())
-    assert f"{tmp_path / table[3][0]} ({where})" in str(err.value)
+    with pytest.raises(DataError, match=r"1 record\(s\) have an empty") as err:
+        dm.setup("test")  # before any batch is drawn
+    assert f"test: {table[3][0]} ({where})" in str(err.value)
+    assert "bad_input=skip" in str(err.value)
 
     dm = datamodule(test=[source], text=text, batch_size=4, bad_input="skip")
     dm.setup("test")
@@ -250,6 +253,54 @@ def test_empty_report_follows_the_policy(tmp_path):
     assert [len(b) for b in batches] == [3, 4] and all(t.strip() for b in batches for t in b.texts)
     ((_, origin, reason),) = batches[0].extra["skipped"]
     assert origin == where and "empty or whitespace only" in reason
+    assert dm.skip_log.total == 1
+
+
+def test_empty_reports_in_a_cli_fit_stop_it_or_are_skipped_and_counted(tmp_path, capsys, caplog):
+    """Issue 16.3: 12 of 40 reports blanked; ViLReF on the tiny overlay trained on them."""
+    path = write_report_dataset(tmp_path / "data", n=40, size=48, sites=1)
+    table = rows(path)
+    blank = list(range(1, 41, 3))  # 14 data rows, the last one (40) included
+    for row in blank:
+        table[row][1] = "" if row % 2 else "  \t "
+    write_rows(path, table)
+    source = {"class_path": "fundus_lit.data.ReportCSVSource", "init_args": {"csv": str(path)}}
+    args = [
+        "fit",
+        f"--config={ROOT / 'recipes' / 'vilref.yaml'}",
+        f"--config={ROOT / 'recipes' / 'overlays' / 'tiny.yaml'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_val_batches=2",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_progress_bar=false",
+        f"--data.init_args.train={json.dumps([source])}",
+        "--data.init_args.val=null",
+        "--data.init_args.val_fraction=0.25",
+        "--data.init_args.batch_size=5",  # 30 train, 10 val records: every one is drawn
+        "--data.init_args.num_workers=0",
+        "--data.init_args.image_size=32",
+        "--model.init_args.vision.name=test_resnet",
+    ]
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{len(blank)} record(s) have an empty or whitespace-only report" in err
+    assert f"{path}, line {blank[0] + 1})" in err and "Traceback" not in err
+    # the load-time warning lists the empty reports' lines, never a blank example
+    warning = next(r.getMessage() for r in caplog.records if "are empty" in r.getMessage())
+    assert f"{len(blank)} of 40 reports are empty" in warning and "line 2, line 5" in warning
+    assert "e.g. " not in warning
+
+    caplog.clear()
+    main([*args, "--data.init_args.bad_input=skip"])
+    summary = next(m for r in caplog.records if (m := r.getMessage()).startswith("fit: skipped"))
+    assert "no usable text" in summary
+    # every empty report was drawn (train: one epoch, val: both batches of 10 records)
+    assert f"({len(blank)} distinct record(s)" in summary
 
 
 def test_a_batch_with_nothing_good_left_stops_the_run(data):

@@ -270,11 +270,13 @@ def test_report_source_extracts_labels(tmp_path, caplog):
     assert records[0].labels == (1.0, 1.0)
     assert records[0].text == "Left eye: glaucoma. Right eye: drusen."
     assert records[0].origin.endswith("reports.csv, line 2")
-    assert records[2].labels == (0.0, 0.0) and records[2].text is None
+    # "" (not None): the format carries a report and this one is empty, which is bad input
+    assert records[2].labels == (0.0, 0.0) and records[2].text == ""
     assert records[3].origin.endswith("line 6")  # the multi-line report of line 2 spans 3
-    [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "3 of 4 reports have no label (1 of them empty)" in message
-    assert "Arteriovenous nicking" in message
+    empty, silent = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "1 of 4 reports are empty or whitespace only (line 5)" in empty
+    assert "2 of 4 reports name no finding" in silent
+    assert "'Arteriovenous nicking.' (line 6)" in silent
     assert source.open_image(records[0]).size == (24, 16)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "MissingPolicy",
     "SkipLog",
     "Skipped",
+    "textless_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,18 @@ def image_reason(err: BaseException) -> str:
 
 
 NO_TEXT = "no usable text (the report or caption is empty or whitespace only)"
+
+
+def textless_message(refused: Sequence[tuple[str, Any]]) -> str:
+    """One message for every ``(split, record)`` without usable text, found before training."""
+    lines = [f"{split}: {record.image} ({record.origin})" for split, record in refused]
+    return (
+        f"{len(refused)} record(s) have an empty or whitespace-only report or caption, and "
+        "data.init_args.bad_input=error refuses them:\n"
+        + _listing(lines)
+        + "\nfill in the text, or set data.init_args.bad_input=skip to leave them out (they "
+        "are counted and listed at the end of the run)"
+    )
 
 
 class InputScreen:

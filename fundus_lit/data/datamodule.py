@@ -10,7 +10,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from fundus_lit.data.bad_input import BadInputPolicy, MissingFiles, MissingPolicy, SkipLog
+from fundus_lit.data.bad_input import (
+    BadInputPolicy,
+    MissingFiles,
+    MissingPolicy,
+    SkipLog,
+    textless_message,
+)
 from fundus_lit.data.batch import Batch
 from fundus_lit.data.dataset import Collator, PairedCollator, PairedDataset, RecordDataset
 from fundus_lit.data.errors import DataError
@@ -130,6 +136,7 @@ class FundusDataModule(L.LightningDataModule):
         self.expert_text = expert_text or ReportTextBuilder(require_text=True)
         MissingFiles(missing)  # an unknown policy fails here, not after reading every source
         self.missing = missing
+        self.bad_input = bad_input
         self.collate = Collator(tokenizer, max_length, bad_input)
         self.skip_log = SkipLog()
         self.splits: dict[str, Items] = {}
@@ -168,7 +175,22 @@ class FundusDataModule(L.LightningDataModule):
             self.splits["expert"] = expert
             if not self.splits["expert"]:
                 raise DataError("data.expert sources hold no records")
+        if self.bad_input == "error":
+            self._refuse_textless()
         self.collate.tokenizer  # noqa: B018  (fail on a bad tokenizer now, not in a worker)
+
+    def _refuse_textless(self) -> None:
+        """Under ``bad_input=error``, records whose report or caption is empty stop the run
+        before training, all listed at once, instead of at the first batch that draws one."""
+        refused, seen = [], set()
+        for split, items in self.splits.items():
+            builder = self.expert_text if split == "expert" else self.text
+            for _, record in items:
+                if id(record) not in seen and builder.refuses(record):
+                    seen.add(id(record))  # the test split may be the validation split
+                    refused.append((split, record))
+        if refused:
+            raise DataError(textless_message(refused))
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count the samples the loader workers skipped (``bad_input=skip``): each batch passes

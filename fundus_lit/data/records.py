@@ -21,7 +21,8 @@ class FundusRecord:
             used for dataset-balanced sampling and per-dataset switches.
         categories: Category strings as written in the source (not normalised).
         attributes: Image attributes such as ``clean`` / ``noisy``.
-        text: Free text that goes with the image (a report or a caption), if any.
+        text: Free text that goes with the image (a report or a caption); None where the
+            format carries none, ``""`` where it does but this record's is empty (bad input).
         labels: Multi-hot label vector (report datasets), if any.
         origin: Where the record was read from, e.g. ``"train.csv:12"``; used in error messages.
         mask: Reference to a lesion segmentation mask (dense transfer evaluation), if any; the

@@ -61,7 +61,8 @@ class ReportCSVSource(CSVSource):
         except ValueError as err:  # unknown label name or bad knowledge file: a config error
             raise DataError(f"labels of {self.csv}: {err}") from err
         records: list[FundusRecord] = []
-        unlabelled: list[str] = []  # reports that gave no label ("" when empty)
+        # (report, where) of reports that are empty or give no label
+        unlabelled: list[tuple[str, str]] = []
         dropped: dict[str, int] = {}
         with self.csv.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -75,8 +76,8 @@ class ReportCSVSource(CSVSource):
                 end = reader.line_num
                 record = self._record(row, where, extractor, dropped)
                 records.append(record)
-                if not record.categories:
-                    unlabelled.append(record.text or "")
+                if not record.text or not record.categories:
+                    unlabelled.append((record.text or "", where))
         self._log(len(records), unlabelled, dropped)
         return records
 
@@ -103,32 +104,50 @@ class ReportCSVSource(CSVSource):
             image=image,
             dataset=parts[0] if len(parts) > 1 else self.csv.stem,
             categories=tuple(names),
-            text=report or None,
+            text=report,  # "" when empty: bad input, see ReportTextBuilder
             labels=multi_hot(names, extractor.vocabulary),
             origin=where,
         )
 
-    def _log(self, total: int, unlabelled: list[str], dropped: dict[str, int]) -> None:
+    def _log(self, total: int, unlabelled: list[tuple[str, str]], dropped: dict[str, int]) -> None:
         if dropped:
             logger.warning(
                 "%s: labels outside the label vocabulary were dropped: %s",
                 self.csv,
                 ", ".join(f"{name} ({n}x)" for name, n in sorted(dropped.items())),
             )
+        empty = [where for text, where in unlabelled if not text.strip()]
+        silent = [(text, where) for text, where in unlabelled if text.strip()]
+        if empty:
+            logger.warning(
+                "%s: %d of %d reports are empty or whitespace only (%s); they are bad input: "
+                "data.bad_input=error stops the run, skip leaves them out",
+                self.csv,
+                len(empty),
+                total,
+                _lines(empty),
+            )
+        if silent:
+            examples = "; ".join(
+                f"{text[:80]!r} ({where.rsplit(', ', 1)[-1]})" for text, where in silent[:_EXAMPLES]
+            )
+            logger.warning(
+                "%s: %d of %d reports name no finding of the label vocabulary; they are kept "
+                "with an all-zero label vector; e.g. %s",
+                self.csv,
+                len(silent),
+                total,
+                examples,
+            )
         if not unlabelled:
             logger.info("%s: %d reports, every one with at least one label", self.csv, total)
-            return
-        empty = unlabelled.count("")
-        examples = "; ".join(repr(text[:80]) for text in [t for t in unlabelled if t][:_EXAMPLES])
-        logger.warning(
-            "%s: %d of %d reports have no label (%d of them empty); they are kept with an "
-            "all-zero label vector; e.g. %s",
-            self.csv,
-            len(unlabelled),
-            total,
-            empty,
-            examples,
-        )
+
+
+def _lines(wheres: list[str]) -> str:
+    """``line 3, line 7, ... and N more`` from ``"file, line N"`` origins."""
+    lines = [where.rsplit(", ", 1)[-1] for where in wheres]
+    more = f" and {len(lines) - _EXAMPLES * 2} more" if len(lines) > _EXAMPLES * 2 else ""
+    return ", ".join(lines[: _EXAMPLES * 2]) + more
 
 
 def _canonical(names: tuple[str, ...], kb: KnowledgeBase, where: str) -> list[str]:

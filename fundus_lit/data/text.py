@@ -40,6 +40,11 @@ class TextBuilder:
         """Whether the record may be used for pretraining (held-out categories say no)."""
         return True
 
+    def refuses(self, record: FundusRecord) -> bool:
+        """Whether :meth:`build` raises :class:`NoTextError` for this record, known before any
+        image is read, so a run under ``bad_input=error`` can stop before training."""
+        return False
+
 
 class TemplateTextBuilder(TextBuilder):
     """The plain prompt ``"A [ATR] fundus photograph of [CLS]"``.
@@ -126,9 +131,11 @@ class KnowledgePromptBuilder(TemplateTextBuilder):
 class ReportTextBuilder(TextBuilder):
     """The record's own free text (a report or a caption), for report-supervised recipes.
 
-    Records without text fall back to ``fallback`` (the plain template prompt), so report data
-    can be mixed with category-only datasets; ``require_text`` makes a missing report an error
-    instead. The category returned (for category-aware objectives stacked on top) is drawn from
+    Records of formats that carry no text (``text`` None: FLAIR CSVs, image folders) fall back
+    to ``fallback`` (the plain template prompt), so report data can be mixed with category-only
+    datasets; ``require_text`` makes them an error instead. A record whose format carries a
+    report or caption that is empty or whitespace only (``text`` ``""``) is always refused: a
+    template prompt in place of its report would train the image on words nobody wrote for it. The category returned (for category-aware objectives stacked on top) is drawn from
     the record's categories like the template builders do.
 
     Args:
@@ -140,11 +147,16 @@ class ReportTextBuilder(TextBuilder):
         self.fallback = fallback or TemplateTextBuilder()
         self.require_text = require_text
 
+    def refuses(self, record: FundusRecord) -> bool:
+        if record.text is None:
+            return self.require_text
+        return not record.text.strip()
+
     def build(self, record: FundusRecord, rng: random.Random) -> tuple[str, str]:
         if record.text and record.text.strip():
             category = rng.choice(record.categories) if record.categories else ""
             return collapse_spaces(record.text), category
-        if self.require_text:
+        if self.refuses(record):
             raise NoTextError(
                 f"record {record.image} ({record.origin}) has no report or caption text "
                 "(empty or whitespace only)"
