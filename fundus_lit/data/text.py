@@ -135,8 +135,9 @@ class ReportTextBuilder(TextBuilder):
     to ``fallback`` (the plain template prompt), so report data can be mixed with category-only
     datasets; ``require_text`` makes them an error instead. A record whose format carries a
     report or caption that is empty or whitespace only (``text`` ``""``) is always refused: a
-    template prompt in place of its report would train the image on words nobody wrote for it. The category returned (for category-aware objectives stacked on top) is drawn from
-    the record's categories like the template builders do.
+    template prompt in place of its report would train the image on words nobody wrote for it.
+    The category returned (for category-aware objectives stacked on top) is drawn from the
+    record's categories like the template builders do.
 
     Args:
         fallback: Builder for records without text.
