@@ -14,11 +14,12 @@ import torch
 from jsonargparse import ArgumentParser
 from transformers import PreTrainedTokenizerBase
 
+from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.features import default_device
-from fundus_lit.eval.loading import load_encoder, read_checkpoint
+from fundus_lit.eval.loading import load_encoder
 from fundus_lit.models.captioner import CaptionDecoder, decode
 from fundus_lit.models.dual_encoder import DualEncoder
 from fundus_lit.models.text import load_tokenizer

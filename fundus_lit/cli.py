@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, dict_to_namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import ConfigError, DataError
@@ -87,11 +87,10 @@ class FundusLitCLI(LightningCLI):
         if command and self.config[command].get("ckpt_path") == "last":
             self._resolve_last(self.config[command])
         ckpt_path = self.config[command].get("ckpt_path") if command else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or _lightning_ckpt_reference(str(ckpt_path)):
             return
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(
-            "hyper_parameters", {}
-        )
+        # a missing, truncated or tampered file: one line naming it, never a traceback
+        hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
         hparams = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path")}
         model = self.config[command].get("model")
         if not hparams or model is None or not model.get("class_path"):
@@ -417,6 +416,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"fundus-lit: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _lightning_ckpt_reference(ckpt_path: str) -> bool:
+    """Values of ``--ckpt_path`` that Lightning resolves itself: a checkpoint of the run
+    (``best``, ``last``, ``hpc``), a model registry entry or a remote URL."""
+    return (
+        ckpt_path in ("best", "last", "hpc")
+        or ckpt_path.startswith("registry")
+        or ("://" in ckpt_path)
+    )
 
 
 def _describe_config_error(err: BaseException, config) -> str:

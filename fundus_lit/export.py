@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from fundus_lit import __version__
+from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.data.errors import DataError
-from fundus_lit.eval.loading import load_encoder, read_checkpoint
+from fundus_lit.eval.loading import load_encoder
 from fundus_lit.models.text import TextConfig, load_tokenizer
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.pretrained import (

@@ -226,6 +226,12 @@ class PretrainedDualEncoder(nn.Module):
 
 def read_export_config(folder: Path) -> dict:
     """The export's ``config.json``, after checking that every file of the format is there."""
+    if folder.is_file():
+        raise DataError(
+            f"{folder} is a file; load_pretrained reads the folder that fundus-lit export "
+            f"writes from a training checkpoint: fundus-lit export --ckpt {folder} --out DIR, "
+            "then load_pretrained(DIR)"
+        )
     if not folder.is_dir():
         raise DataError(
             f"exported model {folder} is not a folder (write one with fundus-lit export)"

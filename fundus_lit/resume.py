@@ -248,7 +248,7 @@ class PreemptionCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         assert self.received is not None
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: it must resume
         self.saved, self.saved_step = str(path), trainer.global_step
         trainer.should_stop = True
         global preempted
@@ -274,8 +274,9 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
 
 def exit_if_preempted() -> None:
     """Exit with 128 + signal number when a :class:`PreemptionCheckpoint` stopped the run."""
+    global preempted
     if preempted is not None:
-        signum, path = preempted
+        (signum, path), preempted = preempted, None  # read once: a later run in-process is new
         print(
             f"fundus-lit: preempted by {signal.Signals(signum).name}; checkpoint {path}; "
             "resume with --ckpt_path last",

@@ -1,9 +1,5 @@
-"""Errors about user input, phrased so the user can find the file, row or key at fault."""
+"""The user-input errors, kept importable from the data layer where most of them are raised."""
 
+from fundus_lit.core.errors import ConfigError, DataError
 
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file (and row/column where known)."""
-
-
-class ConfigError(ValueError):
-    """A configuration value the classes it configures refuse; the message names its key."""
+__all__ = ["ConfigError", "DataError"]

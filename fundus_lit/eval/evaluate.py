@@ -15,10 +15,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.eval.features import Features, extract_features
-from fundus_lit.eval.loading import instantiate_for_model, load_encoder, read_checkpoint
+from fundus_lit.eval.loading import instantiate_for_model, load_encoder
 from fundus_lit.eval.report import (
     confusion_figure,
     confusion_matrix,

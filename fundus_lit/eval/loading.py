@@ -2,64 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.data.errors import DataError
 from fundus_lit.models.dual_encoder import DualEncoder
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint, weights-only (plain hyper-parameters make that possible).
-
-    A file that the weights-only unpickler refuses (a pickled object or global other than
-    tensors and plain containers: possibly a tampered file) or cannot parse (random bytes, a
-    truncated copy) is a :class:`DataError` naming it. The loader raises whatever the bytes
-    provoke (UnpicklingError for a forbidden global, RuntimeError for a broken zip, EOFError for
-    an empty file, KeyError for a text file), hence the broad catch; the message never suggests
-    ``weights_only=False``, which would run the file's code.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        raise DataError(f"cannot read checkpoint {path}: {err}") from err
-    except Exception as err:  # whatever the bytes provoke: see the docstring
-        raise DataError(
-            f"checkpoint {path} is not a readable weights-only checkpoint "
-            f"({_unpickling_reason(err)}): it is truncated, corrupted, not a PyTorch checkpoint, "
-            "or holds objects other than tensors and plain values; fundus-lit does not unpickle "
-            "arbitrary objects"
-        ) from err
-    if not isinstance(ckpt, dict):
-        raise DataError(
-            f"checkpoint {path} holds a {type(ckpt).__name__}, not a training checkpoint (a dict "
-            "with state_dict and hyper_parameters)"
-        )
-    return ckpt
-
-
-def _unpickling_reason(err: Exception) -> str:
-    """The first sentence of the line of PyTorch's weights-only error that says what was refused
-    (the lines around it advise loading unsafely or allowlisting the global), or the error's type
-    and first sentence."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
-    refused = [line for line in lines if re.search(r"unsupported (global|operand)", line, re.I)]
-    if refused:
-        return _first_sentence(refused[0].removeprefix("WeightsUnpickler error: "))
-    first = _first_sentence(next((line for line in lines if line), ""))
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
-def _first_sentence(text: str) -> str:
-    return re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
 
 
 def load_encoder(path: str | Path, ckpt: dict | None = None) -> tuple[DualEncoder, dict]:
