@@ -73,6 +73,19 @@ class FundusLitCLI(LightningCLI):
         )
         parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
 
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs
+    ) -> LightningArgumentParser:
+        """``predict`` gets the writer of its embeddings (options under ``predictions.``, e.g.
+        ``--predictions.path``): without it the verb computes them and shows nothing. Only that
+        verb: a fit config must not carry an option that does nothing there."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            from fundus_lit.predict_writer import EmbeddingWriter
+
+            parser.add_lightning_class_args(EmbeddingWriter, "predictions")
+        return parser
+
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: the checkpoint's hyper-parameters become the init_args of the config's
         model class. Lightning passes them bare, and with the generic LightningModule base
