@@ -286,3 +286,21 @@ def test_prediction_rows_follow_record_indices_not_arrival_order():
     assert table["categories"] == [["c1"], ["c3"], ["c4"]] and table["text"] == ["t1", "t3", "t4"]
     assert [emb[0] for emb in table["image_emb"]] == [1, 3, 4]
     assert "text_emb" not in table
+
+
+def test_predictions_go_to_the_run_directory_or_where_told(tmp_path):
+    from types import SimpleNamespace
+
+    from fundus_lit.predict_writer import EmbeddingWriter
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trainer = SimpleNamespace(ckpt_path=str(ckpt), log_dir=None, default_root_dir=str(tmp_path))
+    assert EmbeddingWriter().output_path(trainer) == tmp_path / "run" / "predictions.parquet"
+    for given, expected in [
+        (f"{tmp_path}/new/", tmp_path / "new" / "predictions.parquet"),  # a folder to be made
+        (str(tmp_path), tmp_path / "predictions.parquet"),  # an existing folder
+        (str(tmp_path / "emb.parquet"), tmp_path / "emb.parquet"),
+    ]:
+        assert EmbeddingWriter(given).output_path(trainer) == expected
+    trainer = SimpleNamespace(ckpt_path=None, log_dir=str(tmp_path / "logs"))
+    assert EmbeddingWriter().output_path(trainer) == tmp_path / "logs" / "predictions.parquet"
