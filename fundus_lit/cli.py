@@ -23,7 +23,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
-from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.errors import ConfigError, DataError
 from fundus_lit.models.resolve import ModelNotFoundError
 from fundus_lit.resume import (
@@ -74,6 +73,19 @@ class FundusLitCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs
+    ) -> LightningArgumentParser:
+        """``predict`` gets the writer of its embeddings (options under ``predictions.``, e.g.
+        ``--predictions.path``): without it the verb computes them and shows nothing. Only that
+        verb: a fit config must not carry an option that does nothing there."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            from fundus_lit.predict_writer import EmbeddingWriter
+
+            parser.add_lightning_class_args(EmbeddingWriter, "predictions")
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: the checkpoint's hyper-parameters become the init_args of the config's
@@ -265,39 +277,16 @@ def evaluate_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
     the data of an evaluation config. Writes eval.json (a section per task), a markdown report,
     TensorBoard scalars and confusion matrices into --out (the checkpoint's run directory by
     default)."""
-    from fundus_lit.eval.evaluate import PromptConfig, RetrievalConfig
-    from fundus_lit.eval.fewshot import FewShotConfig
-    from fundus_lit.eval.probe import ProbeConfig
-    from fundus_lit.eval.segmentation import SegmentationConfig
+    from fundus_lit.eval.config import add_evaluation_config
 
     parser = ArgumentParser(prog=prog, description=evaluate_parser.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML")
     parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
     parser.add_argument(
-        "--tasks",
-        type=str | list[str] | None,
-        default=None,
-        help="comma-separated: zeroshot,probe,fewshot,retrieval (default) and segmentation",
-    )
-    parser.add_argument(
         "--split", type=Literal["val", "test"], default="test", help="split evaluated"
     )
     parser.add_argument("--out", type=str | None, default=None, help="output directory")
-    parser.add_argument(
-        "--tag", type=str | None, default=None, help="suffix of the JSON sections and files"
-    )
-    parser.add_argument(
-        "--classes",
-        type=list[str] | None,
-        default=None,
-        help="class names; a sample's class is the first category of its record",
-    )
-    parser.add_subclass_arguments(FundusDataModule, "data", required=True)
-    parser.add_class_arguments(PromptConfig, "zeroshot")
-    parser.add_class_arguments(ProbeConfig, "probe")
-    parser.add_class_arguments(FewShotConfig, "fewshot")
-    parser.add_class_arguments(RetrievalConfig, "retrieval")
-    parser.add_class_arguments(SegmentationConfig, "segmentation")
+    add_evaluation_config(parser)
     return parser
 
 
@@ -336,21 +325,26 @@ def export_command(args: list[str]) -> None:
 
 def index_parser() -> ArgumentParser:
     """Build a case-search index: embed every image of a data split with a checkpoint and save a
-    FAISS index with each record's path and categories under --out."""
+    FAISS index with each record's path and categories under --out. The config is an evaluation
+    config (or any YAML with data:); its other sections are checked but not used."""
+    from fundus_lit.eval.config import add_evaluation_config
+
     parser = ArgumentParser(prog="fundus-lit index", description=index_parser.__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with data:")
+    parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML with data:")
     parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
     parser.add_argument("--out", type=str, required=True, help="index directory")
     parser.add_argument("--split", type=Literal["train", "val", "test"], default="test")
-    parser.add_subclass_arguments(FundusDataModule, "data", required=True)
+    add_evaluation_config(parser)
     return parser
 
 
 def index_command(args: list[str]) -> None:
     from fundus_lit.eval.casesearch import build_index
+    from fundus_lit.eval.config import check_evaluation_config
 
     parser = index_parser()
     cfg = parser.parse_args(args)
+    check_evaluation_config(cfg)
     case_index = build_index(parser, cfg)
     print(f"indexed {len(case_index)} images of the {cfg.split} split into {cfg.out}")
 

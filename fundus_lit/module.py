@@ -320,12 +320,14 @@ class PretrainModule(L.LightningModule):
         return {"loss": loss, "image_emb": outputs.image_emb.detach()}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        """Embeddings with the metadata needed to evaluate or index them."""
+        """Embeddings with the metadata needed to evaluate or index them; ``predict`` writes
+        them with :class:`~fundus_lit.predict_writer.EmbeddingWriter`."""
         out = self(batch)
         return {
             "image_emb": out.image_emb,
             "text_emb": out.text_emb,
             "indices": batch.indices,
+            "texts": batch.texts,  # what text_emb embeds: a drawn prompt, a report, a caption
             "datasets": batch.datasets,
             "categories": batch.categories,
         }

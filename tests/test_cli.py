@@ -2,8 +2,12 @@
 links between values stated once, and bad input reported before training with exit status 2."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -163,3 +167,140 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path, monkeypatch):
     cli = cli_main(["fit", *args, "--trainer.fast_dev_run=1"])
     assert cli.trainer.state.finished
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def predict_run(synth_root, tmp_path_factory):
+    """A checkpoint trained 2 steps on one site's CSV, and the arguments that predict the other
+    site's images (the test split, in batches of 4)."""
+    tmp_path = tmp_path_factory.mktemp("predict")
+    csvs = sorted(synth_root.glob("*.csv"))
+    args = base_args(tmp_path) + [
+        f"--data.init_args.train={csv_sources(csvs[:1])}",
+        f"--data.init_args.test={csv_sources(csvs[1:])}",
+        "--data.init_args.val=null",
+        "--data.init_args.val_fraction=0.25",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+    ]
+    fit = cli_main(["fit", *args])
+    return args, Path(fit.trainer.checkpoint_callback.last_model_path), csvs[1]
+
+
+def predicted_rows(path: Path):
+    """The predictions file as a researcher loads it (README), with its metadata."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    meta = json.loads(pq.read_schema(path).metadata[b"fundus_lit"])
+    return pd.read_parquet(path), meta
+
+
+def assert_unit_rows(emb) -> None:
+    emb = np.stack(emb)
+    assert emb.dtype == np.float32 and np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_predict_writes_embeddings_with_their_records(predict_run, tmp_path, capsys):
+    """Issue 16, item 7: predict exited 0 and wrote nothing; now the embeddings go to
+    predictions.parquet in the checkpoint's run directory, a row per image of the predict
+    (test) split in split order, with the record's path and categories."""
+    from fundus_lit.data import FlairCSVSource
+
+    args, ckpt, test_csv = predict_run
+    capsys.readouterr()
+    main(["predict", *args, f"--ckpt_path={ckpt}"])
+    path = ckpt.parent.parent / "predictions.parquet"
+    records = FlairCSVSource(str(test_csv)).load()
+    n = len(records)
+    assert n > 4  # more than one batch
+    assert f"predict: wrote {n} rows (test split) to {path}" in capsys.readouterr().out
+    rows, meta = predicted_rows(path)
+    assert len(rows) == n
+    assert rows["index"].tolist() == list(range(n))
+    assert rows["path"].tolist() == [str((test_csv.parent / r.image).resolve()) for r in records]
+    assert [tuple(c) for c in rows["categories"]] == [r.categories for r in records]
+    assert rows["dataset"].tolist() == [r.dataset for r in records]
+    assert rows["origin"].tolist() == [r.origin for r in records]
+    assert all("fundus photograph of" in text for text in rows["text"])  # the embedded prompts
+    assert_unit_rows(rows["image_emb"])
+    assert_unit_rows(rows["text_emb"])
+    assert meta == {"checkpoint": str(ckpt.resolve()), "split": "test", "records": n}
+
+    elsewhere = tmp_path / "elsewhere" / "emb.parquet"
+    main(["predict", *args, f"--ckpt_path={ckpt}", f"--predictions.path={elsewhere}"])
+    again, _ = predicted_rows(elsewhere)
+    np.testing.assert_allclose(np.stack(again["image_emb"]), np.stack(rows["image_emb"]))
+    with pytest.raises(SystemExit) as stop:  # a predict option, not a training one
+        main(["fit", *args, f"--predictions.path={elsewhere}"])
+    assert stop.value.code == 2
+
+
+def test_predict_on_two_processes_writes_one_file_in_split_order(predict_run, tmp_path):
+    """DDP splits the predict set unevenly over the ranks (7 images, 2 processes, batches of 3);
+    rank 0 gathers the shares and writes every record once, in split order. Run as a
+    subprocess: the DDP launcher re-executes the command per rank."""
+    args, ckpt, _ = predict_run
+    source = {"class_path": "fundus_lit.data.SyntheticSource", "init_args": {"n": 7, "size": 72}}
+    out = tmp_path / "ddp.parquet"
+    command = [sys.executable, "-m", "fundus_lit", "predict", *args, f"--ckpt_path={ckpt}"]
+    command += [
+        f"--data.init_args.test={json.dumps([source])}",
+        "--data.init_args.batch_size=3",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.enable_progress_bar=false",
+        f"--predictions.path={out}",
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Starting with 2 processes" in run.stderr + run.stdout
+    assert run.stdout.count("predict: wrote") == 1 and "wrote 7 rows (test split)" in run.stdout
+    rows, _ = predicted_rows(out)
+    assert rows["index"].tolist() == list(range(7))
+    assert rows["path"].tolist() == [f"synthetic:{i}" for i in range(7)]
+    assert_unit_rows(rows["image_emb"])
+
+
+def test_prediction_rows_follow_record_indices_not_arrival_order():
+    """Rows are placed by each sample's record index: ranks deliver interleaved shares, a record
+    predicted by two ranks (no distributed sampler) appears once, a rank may have no share, and
+    records skipped as unreadable leave no row and shift nothing."""
+    from types import SimpleNamespace
+
+    from fundus_lit.data.records import FundusRecord
+    from fundus_lit.predict_writer import embedding_table, merge_rows
+
+    def part(indices):
+        emb = np.array([[i, 0.0] for i in indices], dtype=np.float32)
+        return {"index": np.array(indices), "text": [f"t{i}" for i in indices], "image_emb": emb}
+
+    empty = {"index": np.zeros(0, dtype=np.int64), "text": []}
+    rows = merge_rows([part([4, 1]), empty, part([3, 1])])  # record 0 and 2 were skipped
+    source = SimpleNamespace(root=None)
+    items = [(source, FundusRecord(f"img{i}", "d", (f"c{i}",))) for i in range(5)]
+    table = embedding_table(rows, items, {}).to_pydict()
+    assert table["index"] == [1, 3, 4] and table["path"] == ["img1", "img3", "img4"]
+    assert table["categories"] == [["c1"], ["c3"], ["c4"]] and table["text"] == ["t1", "t3", "t4"]
+    assert [emb[0] for emb in table["image_emb"]] == [1, 3, 4]
+    assert "text_emb" not in table
+
+
+def test_predictions_go_to_the_run_directory_or_where_told(tmp_path):
+    from types import SimpleNamespace
+
+    from fundus_lit.predict_writer import EmbeddingWriter
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trainer = SimpleNamespace(ckpt_path=str(ckpt), log_dir=None, default_root_dir=str(tmp_path))
+    assert EmbeddingWriter().output_path(trainer) == tmp_path / "run" / "predictions.parquet"
+    for given, expected in [
+        (f"{tmp_path}/new/", tmp_path / "new" / "predictions.parquet"),  # a folder to be made
+        (str(tmp_path), tmp_path / "predictions.parquet"),  # an existing folder
+        (str(tmp_path / "emb.parquet"), tmp_path / "emb.parquet"),
+    ]:
+        assert EmbeddingWriter(given).output_path(trainer) == expected
+    trainer = SimpleNamespace(ckpt_path=None, log_dir=str(tmp_path / "logs"))
+    assert EmbeddingWriter().output_path(trainer) == tmp_path / "logs" / "predictions.parquet"

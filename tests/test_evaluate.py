@@ -342,3 +342,68 @@ def test_segmentation_with_the_pretrained_g2d_decoder(tmp_path):
     main(["evaluate", f"--ckpt={ckpt}", f"--config={config}", f"--out={out}"])
     seg = json.loads((out / "eval.json").read_text())["segmentation"]
     assert seg["decoder"] == "pretrained" and 0.0 <= seg["100%"]["dice"] <= 1.0
+
+
+EVAL_CONFIGS = sorted((ROOT / "recipes" / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", EVAL_CONFIGS, ids=lambda path: path.stem)
+def test_index_accepts_every_shipped_evaluation_config(trained, tmp_path, capsys, config):
+    """Issue 16, item 6: ``index --config recipes/eval/X.yaml`` (the README's suggestion) read
+    only ``data:`` and refused the evaluation sections it does not use, with exit status 2."""
+    root, csvs, ckpt = trained
+    index_dir = tmp_path / "index"
+    args = [f"--ckpt={ckpt}", f"--config={config}", "--data.init_args.num_workers=0"]
+    main(["index", *args, f"--out={index_dir}"])
+    expected = synthetic_count(config, "test")
+    assert len(load_index(index_dir)) == expected > 0
+    assert f"indexed {expected} images" in capsys.readouterr().out
+
+
+def synthetic_count(config: Path, split: str) -> int:
+    """Records of ``split`` in a config of synthetic sources: each holds ``n`` images."""
+    sources = yaml.safe_load(config.read_text())["data"]["init_args"][split]
+    return sum(source["init_args"]["n"] for source in sources)
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "zeroshot", "index"])
+def test_every_verb_reading_an_evaluation_config_parses_the_shipped_ones(verb):
+    """Parsing alone (no checkpoint is read): each verb takes every file under recipes/eval/."""
+    from fundus_lit.cli import evaluate_parser, index_parser
+
+    parser = index_parser() if verb == "index" else evaluate_parser(f"fundus-lit {verb}")
+    for config in EVAL_CONFIGS:
+        cfg = parser.parse_args([f"--config={config}", "--ckpt=x.ckpt", "--out=x"])
+        assert cfg.data.init_args.test, config
+
+
+TYPOS = {
+    "top-level": (lambda c: c | {"clases": c.pop("classes")}, "clases"),
+    "unused-section-key": (lambda c: c | {"zeroshot": {"renormalise": True}}, "renormalise"),
+    "unused-section-value": (lambda c: c | {"probe": {"shots": "many"}}, "probe.shots"),
+}
+
+
+@pytest.mark.parametrize("typo", TYPOS)
+def test_index_still_names_a_misspelled_evaluation_key(tmp_path, capsys, typo):
+    """Accepting the evaluation sections must not mean ignoring them: a key no section knows,
+    and a bad value in a section index does not use, still stop it (before any checkpoint is
+    read) naming the key."""
+    change, named = TYPOS[typo]
+    content = yaml.safe_load((ROOT / "recipes" / "eval" / "synthetic.yaml").read_text())
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump(change(content)))
+    args = [f"--ckpt={tmp_path / 'never-read.ckpt'}", f"--config={config}"]
+    with pytest.raises(SystemExit) as stop:
+        main(["index", *args, f"--out={tmp_path / 'index'}"])
+    assert stop.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()
+
+
+def test_index_names_an_unknown_evaluation_task(tmp_path, capsys):
+    config = ROOT / "recipes" / "eval" / "synthetic_6class.yaml"
+    args = [f"--ckpt={tmp_path / 'never-read.ckpt'}", f"--config={config}", "--tasks=zeroshoot"]
+    with pytest.raises(SystemExit) as stop:
+        main(["index", *args, f"--out={tmp_path / 'index'}"])
+    assert stop.value.code == 2 and "zeroshoot" in capsys.readouterr().err
