@@ -23,10 +23,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
+from fundus_lit.core.quiet import quiet_library_warnings
 from fundus_lit.data.errors import ConfigError, DataError
 from fundus_lit.models.resolve import ModelNotFoundError
 from fundus_lit.resume import (
     AtomicCheckpointIO,
+    BestAndLastCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
     StepCheckpoint,
@@ -61,7 +63,7 @@ class FundusLitCLI(LightningCLI):
         parser.link_arguments("data.init_args.batch_size", "model.init_args.batch_size")
         parser.link_arguments("model.init_args.text.name", "data.init_args.tokenizer")
         parser.link_arguments("model.init_args.text.max_length", "data.init_args.max_length")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -389,6 +391,7 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in {"-h", "--help"}:
@@ -401,8 +404,10 @@ def main(argv: list[str] | None = None) -> None:
             EXTRA_COMMANDS[argv[0]](argv[1:])
         else:
             # Lightning ends a SIGTERMed run with SIGTERMException, a SystemExit of status 0
+            quiet_library_warnings(argv[0])
             with contextlib.suppress(SIGTERMException):
-                cli_main(argv)
+                # LightningCLI reads sys.argv itself, and warns when handed both
+                cli_main(None if from_command_line else argv)
             exit_if_preempted()
     except Exception as err:
         cause = _user_error(err)

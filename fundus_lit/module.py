@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fundus_lit import grad_cache as gc
+from fundus_lit.core.quiet import quiet_eval_mode_warning
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.dual_encoder import DualEncoder, Projection
 from fundus_lit.models.outputs import ModelOutputs
@@ -289,6 +290,10 @@ class PretrainModule(L.LightningModule):
         for obj in self.objectives:
             obj.after_optimizer_step(self.encoder)
         return loss
+
+    def on_fit_start(self) -> None:
+        # frozen towers and momentum encoders stay in eval mode by design
+        quiet_eval_mode_warning(self)
 
     def setup(self, stage: str) -> None:
         if self.grad_cache and stage == "fit":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fundus_lit.objectives.distributed import world
@@ -138,6 +138,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's checkpoint callback (the ``checkpoint.`` keys of every ``fit``) without its
+    warning that the monitored metric is missing when an epoch ends before any validation ran
+    (a run stopped by ``max_steps`` mid-epoch, validation every few epochs): there is nothing to
+    rank yet and Lightning saves nothing either way. Once validation has run, a missing metric
+    still stops the run (Lightning's own check); a run with no validation data says once that
+    it keeps no best checkpoint."""
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.save_top_k == 0 or self.monitor is None or self.monitor in monitor_candidates:
+            return super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if trainer.fit_loop.epoch_loop.val_loop._has_run:
+            return super()._save_topk_checkpoint(trainer, monitor_candidates)
+        batches = trainer.num_val_batches
+        if not (sum(batches) if isinstance(batches, list) else batches) and not self._warned:
+            self._warned = True
+            rank_zero_warn(
+                f"this run has no validation data, so no best checkpoint by "
+                f"{self.monitor!r} is kept (last.ckpt is); set checkpoint.monitor=null to "
+                "keep the newest instead, or give the data module validation data"
+            )
+
+    _warned = False
 
 
 class StepCheckpoint(ModelCheckpoint):

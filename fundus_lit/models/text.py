@@ -91,6 +91,8 @@ def load_text_model(cfg: TextConfig) -> nn.Module:
     path = resolve_reference(cfg.name)
     if _needs_hub(cfg.name, path):
         raise _load_error(cfg.name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
+    # a per-tensor progress bar on every run's stderr; local folders load in about a second
+    transformers.utils.logging.disable_progress_bar()
     try:
         if cfg.pretrained:
             model = transformers.AutoModel.from_pretrained(
