@@ -23,6 +23,7 @@ from fundus_lit.objectives import CaptionObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, LENGTH = 64, 48
+MEMORISED, MAX_STEPS = 0.9, 200  # teacher-forced token accuracy that counts as memorised
 
 
 def synthetic_batch(n: int) -> Batch:
@@ -44,7 +45,15 @@ def synthetic_batch(n: int) -> Batch:
     )
 
 
+def words(texts: list[str]) -> list[str]:
+    return " ".join(texts).lower().replace(",", " ").replace(".", " ").split()
+
+
 def test_caption_objective_loss_falls_and_generation_returns_text():
+    """What the objective guarantees: its loss falls until the decoder has memorised a handful
+    of captions, and the memorised words come back when it generates. Trained to that
+    criterion, not for a fixed number of steps: the trajectory differs with the CPU's kernels
+    (AVX2 and AVX512 round differently), the end state does not."""
     torch.manual_seed(0)
     text = TextConfig(name=MINILM, pooling="mean", max_length=LENGTH, freeze=True)
     encoder = DualEncoder(VisionConfig(name="test_resnet", pretrained=False), text, 32, SIZE)
@@ -57,16 +66,19 @@ def test_caption_objective_loss_falls_and_generation_returns_text():
     params = [*objective.parameters(), *encoder.vision.parameters()]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     requires = frozenset({"image_emb", "text_emb", "feature_map"})
-    losses = []
-    for _ in range(30):
+    losses, accuracy = [], 0.0
+    for _ in range(MAX_STEPS):
         outputs = encoder(batch.images, batch.input_ids, batch.attention_mask, requires)
         result = objective(outputs, batch)
         optimizer.zero_grad()
         result.losses["loss"].backward()
         optimizer.step()
         losses.append(float(result.losses["loss"].detach()))
+        accuracy = float(result.scalars["token_accuracy"])
+        if accuracy >= MEMORISED:
+            break
+    assert accuracy >= MEMORISED, (accuracy, losses)
     assert losses[-1] < 0.5 * losses[0], losses
-    assert float(result.scalars["token_accuracy"]) > 0.3
     # the image tower receives the generative gradient (what L_gen is for)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.vision.parameters())
 
@@ -74,13 +86,13 @@ def test_caption_objective_loss_falls_and_generation_returns_text():
     with torch.no_grad():
         feature_map = encoder.vision(batch.images, dense=True)["feature_map"]
     tokenizer = load_tokenizer(MINILM)
+    # the training captions as the tokenizer gives them back ("cup-to-disc" -> "cup - to - disc")
+    vocabulary = set(words(decode(tokenizer, batch.input_ids.tolist())))
     for beams in (1, 3):
         captions = decode(tokenizer, decoder.generate(feature_map, 20, beams=beams))
         assert len(captions) == 8 and all(c.strip() for c in captions)
-        # memorised captions: the generated words come from the captions it was trained on
-        vocabulary = set(" ".join(batch.texts).lower().replace(",", " ").replace(".", " ").split())
-        words = " ".join(captions).replace(",", " ").replace(".", " ").split()
-        assert sum(w in vocabulary for w in words) / len(words) > 0.8
+        generated = words(captions)
+        assert sum(w in vocabulary for w in generated) / len(generated) > 0.8, captions
 
 
 def test_decoder_rebuilds_from_its_state_dict_and_refuses_another_config():
