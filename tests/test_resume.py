@@ -157,7 +157,7 @@ def test_preemption_signal_chains_the_previous_handler_and_saves_at_the_batch_en
         received_sigterm=False,
         checkpoint_callbacks=[],
         default_root_dir=str(tmp_path),
-        save_checkpoint=saved.append,
+        save_checkpoint=lambda path, weights_only=None: saved.append((path, weights_only)),
     )
     monkeypatch.setattr(resume, "preempted", None)
     callback = PreemptionCheckpoint()
@@ -168,7 +168,8 @@ def test_preemption_signal_chains_the_previous_handler_and_saves_at_the_batch_en
         os.kill(os.getpid(), signal.SIGUSR1)
         assert calls == [signal.SIGUSR1] and not saved  # the handler only takes note
         callback.on_train_batch_end(trainer)
-        assert saved == [tmp_path / "checkpoints" / "last.ckpt"] and trainer.should_stop
+        # the full state (weights_only=False said, not left to Lightning's default)
+        assert saved == [(tmp_path / "checkpoints" / "last.ckpt", False)] and trainer.should_stop
         callback.on_train_end(trainer, None)
         assert signal.getsignal(signal.SIGUSR1) is not callback._handle
         with pytest.raises(SystemExit) as stop:
