@@ -1,4 +1,4 @@
-"""``fundus-lit caption``: describe fundus photographs with a KeepFIT v2 checkpoint's decoder.
+"""Rebuild a KeepFIT v2 checkpoint's caption decoder to describe fundus photographs.
 
 Everything is rebuilt from the checkpoint alone: the image tower from the module's
 hyper-parameters, the caption decoder from the configuration it stores in its own state dict,
@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from transformers import PreTrainedTokenizerBase
 
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.data.errors import DataError
-from fundus_lit.data.sources import read_rgb
-from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.features import default_device
 from fundus_lit.eval.loading import load_encoder
 from fundus_lit.models.captioner import CaptionDecoder, decode
@@ -73,34 +70,3 @@ def load_captioner(path: str | Path, device: torch.device | None = None) -> Capt
     device = device or default_device()
     tokenizer = load_tokenizer(hp["text"]["name"], hp["text"].get("trust_remote_code", False))
     return Captioner(encoder.to(device).eval(), decoder.to(device), tokenizer, hp["image_size"])
-
-
-def caption_parser() -> ArgumentParser:
-    """Generate a caption for each fundus photograph with the caption decoder of a checkpoint
-    trained with a generative term (KeepFIT v2). Prints one `path<TAB>caption` line per image."""
-    parser = ArgumentParser(prog="fundus-lit caption", description=caption_parser.__doc__)
-    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
-    parser.add_argument("--image", type=str, nargs="+", required=True, help="image path(s)")
-    parser.add_argument("--beams", type=int, default=1, help="1 = greedy, >1 = beam search")
-    parser.add_argument("--max_new_tokens", type=int, default=60, help="caption length cap")
-    parser.add_argument(
-        "--length_penalty", type=float, default=1.0, help="beam score = log p / length**this"
-    )
-    parser.add_argument(
-        "--crop_fov", type=bool, default=True, help="crop the black border as in training"
-    )
-    return parser
-
-
-def caption_command(args: list[str]) -> None:
-    cfg = caption_parser().parse_args(args)
-    if cfg.beams < 1 or cfg.max_new_tokens < 1:
-        raise DataError(
-            f"--beams and --max_new_tokens must be >= 1, got {cfg.beams} and {cfg.max_new_tokens}"
-        )
-    captioner = load_captioner(cfg.ckpt)
-    pipeline = ImagePipeline(captioner.image_size, cfg.crop_fov, None)
-    images = [pipeline(read_rgb(Path(p), "--image")) for p in cfg.image]
-    captions = captioner(images, cfg.beams, cfg.max_new_tokens, cfg.length_penalty)
-    for path, text in zip(cfg.image, captions):
-        print(f"{path}\t{text}")

@@ -1,4 +1,4 @@
-"""``fundus-lit export``: turn a training checkpoint into a self-contained model folder.
+"""Turn a training checkpoint into a self-contained model folder (``fundus-lit export``).
 
 A Lightning checkpoint is a pickle holding optimiser state, objective modules and hyper-parameters
 that name the training machine's text-model folder. The export keeps what inference needs, in
@@ -13,7 +13,6 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from jsonargparse import ArgumentParser
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -88,25 +87,3 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, crop_fov: bool = True) 
     config = export_config(hp, ckpt, crop_fov)
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-def export_parser() -> ArgumentParser:
-    """Export a training checkpoint as a self-contained model folder: model.safetensors (the
-    dual encoder's weights), config.json, tokenizer/ and text_config/. Load it with
-    fundus_lit.load_pretrained(DIR), without Lightning, the recipe or the original text model."""
-    parser = ArgumentParser(prog="fundus-lit export", description=export_parser.__doc__)
-    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
-    parser.add_argument("--out", type=str, required=True, help="export folder (created)")
-    parser.add_argument(
-        "--crop_fov",
-        type=bool,
-        default=True,
-        help="training cropped images to the fundus aperture (data.crop_fov)",
-    )
-    return parser
-
-
-def export_command(args: list[str]) -> None:
-    cfg = export_parser().parse_args(args)
-    out = export_checkpoint(cfg.ckpt, cfg.out, cfg.crop_fov)
-    print(f"exported {cfg.ckpt} to {out}")

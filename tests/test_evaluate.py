@@ -369,9 +369,9 @@ def synthetic_count(config: Path, split: str) -> int:
 @pytest.mark.parametrize("verb", ["evaluate", "zeroshot", "index"])
 def test_every_verb_reading_an_evaluation_config_parses_the_shipped_ones(verb):
     """Parsing alone (no checkpoint is read): each verb takes every file under recipes/eval/."""
-    from fundus_lit.cli import evaluate_parser, index_parser
+    from fundus_lit.commands import evaluate, index, zeroshot
 
-    parser = index_parser() if verb == "index" else evaluate_parser(f"fundus-lit {verb}")
+    parser = {"evaluate": evaluate, "zeroshot": zeroshot, "index": index}[verb].build_parser()
     for config in EVAL_CONFIGS:
         cfg = parser.parse_args([f"--config={config}", "--ckpt=x.ckpt", "--out=x"])
         assert cfg.data.init_args.test, config

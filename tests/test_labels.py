@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fundus_lit.commands.labels import run as labels_command
 from fundus_lit.data.errors import DataError
 from fundus_lit.data.labels import Extraction, LabelExtractor, label_vocabulary, multi_hot
 from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import parse_list_cell
 from fundus_lit.data.synthetic import CATEGORIES, FundusSynth, report_details
 from fundus_lit.data.synthetic.reports import IMPLIED_BY
-from fundus_lit.labels_cli import labels_command
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reports.csv"
 with FIXTURE.open(newline="", encoding="utf-8") as _handle:

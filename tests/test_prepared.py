@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fundus_lit.commands.prepare import run as prepare_command
 from fundus_lit.data import (
     DataError,
     FlairCSVSource,
@@ -27,7 +28,6 @@ from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.synthetic import FundusSynth, write_flair_dataset
 from fundus_lit.data.synthetic.masks import write_mask_dataset
 from fundus_lit.data.transforms import ImagePipeline
-from fundus_lit.prepare_cli import prepare_command
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:

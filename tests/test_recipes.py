@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fundus_lit.cli import cli_main, evaluate_parser
+from fundus_lit.cli import cli_main
+from fundus_lit.commands.evaluate import build_parser as evaluate_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "recipes" / "overlays" / "tiny.yaml")

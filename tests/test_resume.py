@@ -19,10 +19,9 @@ from jsonargparse import dict_to_namespace
 from torch.utils.data import DataLoader
 
 from fundus_lit import resume
-from fundus_lit.cli import FundusLitCLI
 from fundus_lit.data.resumable import ResumableLoader
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler
-from fundus_lit.resume import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from fundus_lit.resume import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint, resolve_last
 from tests.test_distributed import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +194,7 @@ def test_ckpt_path_last_finds_the_newest_run_and_continues_in_its_folder(tmp_pat
             "checkpoint": {"dirpath": None},
         }
     )
-    FundusLitCLI._resolve_last(config)
+    resolve_last(config)
     assert config.ckpt_path == str(runs / "version_1" / "checkpoints" / "last.ckpt")
     assert config.trainer.logger.init_args.version == "version_1"
 
@@ -205,7 +204,7 @@ def test_ckpt_path_last_finds_the_newest_run_and_continues_in_its_folder(tmp_pat
             "trainer": {"default_root_dir": str(tmp_path / "new"), "logger": False},
         }
     )
-    FundusLitCLI._resolve_last(empty)  # nothing to resume: a first submission starts fresh
+    resolve_last(empty)  # nothing to resume: a first submission starts fresh
     assert empty.ckpt_path is None
 
 

@@ -42,11 +42,11 @@ class LabelStats:
         self.unmapped.update(found.unmapped)
 
 
-def labels_parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     """Label a report CSV with the rule-based extractor: print per-label counts (positive,
     negated, uncertain), coverage and the most frequent unmapped phrases; --out writes the CSV
     with its 'labels' column filled."""
-    parser = ArgumentParser(prog="fundus-lit labels", description=labels_parser.__doc__)
+    parser = ArgumentParser(prog="fundus-lit labels", description=build_parser.__doc__)
     parser.add_argument("--reports", type=str, required=True, help="CSV with a 'report' column")
     parser.add_argument("--out", type=str | None, default=None, help="labelled CSV to write")
     parser.add_argument(
@@ -125,8 +125,8 @@ def write_labelled(path: Path, columns: list[str], rows: list[dict[str, str]]) -
         writer.writerows(rows)
 
 
-def labels_command(argv: list[str]) -> None:
-    cfg = labels_parser().parse_args(argv)
+def run(args: list[str]) -> None:
+    cfg = build_parser().parse_args(args)
     if cfg.top < 0:
         raise DataError(f"--top must be at least 0, got {cfg.top}")
     path = Path(cfg.reports).expanduser()

@@ -21,11 +21,11 @@ from fundus_lit.data.prepared import PreparedSource, prepare
 SPLITS = ("train", "val", "test", "expert")
 
 
-def prepare_parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     """Prepare a data split for fast training: crop every image to the fundus field of view,
     resize its longer side to --size and store it as JPEG in sharded Arrow files under --out,
     with every record field. Re-running the same command resumes an interrupted run."""
-    parser = ArgumentParser(prog="fundus-lit prepare", description=prepare_parser.__doc__)
+    parser = ArgumentParser(prog="fundus-lit prepare", description=build_parser.__doc__)
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML with data: (other sections are ignored)"
     )
@@ -86,9 +86,9 @@ def snippet(prepared: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def prepare_command(args: list[str]) -> None:
+def run(args: list[str]) -> None:
     """``fundus-lit prepare --config DATA.yaml --out DIR [--size 512] [--split train|...|all]``."""
-    parser = prepare_parser()
+    parser = build_parser()
     cfg = parser.parse_args(_only_data(args))
     data = parser.instantiate_classes(cfg).data
     sources = dict(data.sources) | {"expert": data.expert_sources}

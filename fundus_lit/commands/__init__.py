@@ -1,0 +1,1 @@
+"""The ``fundus-lit`` verbs, one module each: ``build_parser()`` and ``run(args)``."""

@@ -1,0 +1,32 @@
+"""``fundus-lit evaluate``: every evaluation task of an evaluation config on a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+
+def build_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
+    """Evaluate a trained checkpoint: zero-shot, linear probe, few-shot adapters and retrieval on
+    the data of an evaluation config. Writes eval.json (a section per task), a markdown report,
+    TensorBoard scalars and confusion matrices into --out (the checkpoint's run directory by
+    default)."""
+    from fundus_lit.eval.config import add_evaluation_config
+
+    parser = ArgumentParser(prog=prog, description=build_parser.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML")
+    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
+    parser.add_argument(
+        "--split", type=Literal["val", "test"], default="test", help="split evaluated"
+    )
+    parser.add_argument("--out", type=str | None, default=None, help="output directory")
+    add_evaluation_config(parser)
+    return parser
+
+
+def run(args: list[str], parser: ArgumentParser | None = None) -> None:
+    from fundus_lit.eval.evaluate import run_evaluate
+
+    parser = parser or build_parser()
+    run_evaluate(parser, parser.parse_args(args))
