@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fundus_lit.core.checkpoint import read_checkpoint
+from fundus_lit.core.compose import resolve_cli_args
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
 from fundus_lit.core.quiet import quiet_library_warnings
 from fundus_lit.data.errors import ConfigError, DataError
@@ -202,6 +203,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FundusLitCLI:
     """Run (or, with ``run=False``, only build) the trainer CLI; tests call this in-process."""
     # Any LightningModule / DataModule: recipes name theirs (PretrainModule + FundusDataModule, or
     # the text pretraining pair of keepfit_v2_text); links skip keys a class does not have.
+    args = resolve_cli_args(args)  # `base:` chains, named objectives, overlay needs -> one config
     return FundusLitCLI(
         L.LightningModule,
         L.LightningDataModule,
