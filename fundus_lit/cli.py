@@ -21,8 +21,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fundus_lit.commands.recipes import recipes_command
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.compose import resolve_cli_args
+from fundus_lit.core.config_errors import exit_on_parse_error
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
 from fundus_lit.core.quiet import quiet_library_warnings
 from fundus_lit.data.errors import ConfigError, DataError
@@ -45,6 +47,10 @@ class ConciseParser(LightningArgumentParser):
     def print_usage(self, file=None) -> None:
         prog = self.prog.replace(" [options]", "")
         print(f"usage: {prog} --config RECIPE.yaml [--config ...] [--KEY VALUE ...]", file=file)
+
+    def error(self, message: str, ex: Exception | None = None):
+        exit_on_parse_error(self, message, ex)  # one or two lines: file, full key, expected
+        super().error(message, ex)
 
 
 class FundusLitCLI(LightningCLI):
@@ -388,6 +394,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "caption": caption_command,
     "prepare": prepare_command,
     "export": export_command,
+    "recipes": recipes_command,
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -72,8 +72,10 @@ class Composed:
         return inside[-1] if inside else None
 
 
-#: the last resolution of the trainer command line, for error messages (see config_errors)
+#: the last resolution of the trainer command line and its arguments, for error messages
+#: (see :mod:`fundus_lit.core.config_errors`)
 LAST: Composed | None = None
+LAST_ARGV: list[str] = []
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -347,8 +349,9 @@ def resolve_cli_args(argv: list[str] | None) -> list[str] | None:
     (YAML text), placed right after the verb so that every ``--KEY VALUE`` on the command line
     overrides every config file. ``None`` stands for ``sys.argv[1:]``, rewritten in place
     (LightningCLI reads it itself) and returned as ``None``."""
-    global LAST
+    global LAST, LAST_ARGV
     args = list(sys.argv[1:] if argv is None else argv)
+    LAST_ARGV = args
     files: list[str] = []
     rest: list[str] = []
     i = 0
