@@ -29,9 +29,7 @@ sys.path.insert(0, str(ROOT))
 from fundus_lit.core import compose  # noqa: E402  (the resolver the CLI and the tests use)
 
 #: every main recipe (ablations are deltas of these), by name; each runs with one --config
-TABLE: dict[str, Path] = {
-    p.stem: p for p in compose.discover(RECIPES) if p.parent == RECIPES
-}
+TABLE: dict[str, Path] = {p.stem: p for p in compose.discover(RECIPES) if p.parent == RECIPES}
 
 
 def text_only(name: str) -> bool:
@@ -140,7 +138,8 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
         "",
         f"Measured by `python benchmarks/recipe_table.py` on {where()}, "
         f"{time.strftime('%Y-%m-%d')}: each recipe with its tiny overlays (ResNet-18 at 128 px, "
-        "frozen MiniLM, batch 32, in-memory synthetic data; plus what each recipe declares under `overlays: tiny:`), "
+        "frozen MiniLM, batch 32, in-memory synthetic data; plus what each recipe declares "
+        "under `overlays: tiny:`), "
         f"{args.epochs} epochs of {args.batches} batches, one process per recipe. Step time is "
         "the median training step after the first three; peak memory is the process's peak "
         "resident set on CPU (CUDA peak allocated on a GPU); the metric is the synthetic "

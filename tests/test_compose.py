@@ -13,7 +13,6 @@ import yaml
 from fundus_lit.cli import main
 from fundus_lit.commands.recipes import recipe_rows, render
 from fundus_lit.core import compose
-from fundus_lit.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -48,7 +47,9 @@ def test_plus_appends_to_the_base_list_and_stays_plus_with_nothing_to_append_to(
     assert compose.resolve(tmp_path / "b.yaml").config == {"trainer": {"callbacks": [1, 2]}}
     stacked = compose.compose([tmp_path / "c.yaml", tmp_path / "c.yaml", tmp_path / "b.yaml"])
     assert stacked.config == {"trainer": {"callbacks": [1, 2]}}  # a whole list replaces
-    two = compose.compose([tmp_path / "c.yaml", write(tmp_path / "d.yaml", {"trainer": {"callbacks+": [4]}})])
+    two = compose.compose(
+        [tmp_path / "c.yaml", write(tmp_path / "d.yaml", {"trainer": {"callbacks+": [4]}})]
+    )
     assert two.config == {"trainer": {"callbacks+": [3, 4]}}
 
 
@@ -78,14 +79,21 @@ def test_an_ablation_names_one_field_and_follows_its_base(tmp_path):
     base = copy / "g2d.yaml"  # edit the base: the ablation sees it
     base.write_text(base.read_text().replace("image_every: 500", "image_every: 7"))
     seg = objectives(compose.resolve(ablation).config)[1]["init_args"]
-    assert seg == {"weight": 1.0, "preset": "paper", "fov": True, "image_every": 7, "quantile": 0.75}
+    assert seg == {
+        "weight": 1.0,
+        "preset": "paper",
+        "fov": True,
+        "image_every": 7,
+        "quantile": 0.75,
+    }
 
 
 def test_objectives_are_removed_by_null_and_added_with_a_class_path():
     removed = compose.resolve(RECIPES / "ablations" / "keepfit_v2_no_gen.yaml")
     assert removed.objective_names == ["flair", "expert_clip"]
     assert [o["class_path"].rsplit(".", 1)[1] for o in objectives(removed.config)] == [
-        "FLAIRObjective", "CLIPObjective"
+        "FLAIRObjective",
+        "CLIPObjective",
     ]
     added = compose.resolve(RECIPES / "g2d.yaml")  # clip from the base + pseudo_seg
     assert added.objective_names == ["clip", "pseudo_seg"]
@@ -94,8 +102,10 @@ def test_objectives_are_removed_by_null_and_added_with_a_class_path():
 def test_unknown_objective_name_exits_2_naming_file_key_and_known_names(tmp_path, capsys):
     recipe = write(
         tmp_path / "r.yaml",
-        {"base": str(RECIPES / "g2d.yaml"),
-         "model": {"init_args": {"objectives": {"pseudoseg": {"init_args": {"quantile": 0.7}}}}}},
+        {
+            "base": str(RECIPES / "g2d.yaml"),
+            "model": {"init_args": {"objectives": {"pseudoseg": {"init_args": {"quantile": 0.7}}}}},
+        },
     )
     with pytest.raises(SystemExit) as stop:
         main(["fit", f"--config={recipe}", "--print_config"])
@@ -106,39 +116,85 @@ def test_unknown_objective_name_exits_2_naming_file_key_and_known_names(tmp_path
 
 
 def test_tiny_needs_are_declared_by_the_recipe():
-    files = [p.name for p in compose.compose([RECIPES / "ablations" / "keepfit_v2_no_gen.yaml", TINY]).files]
+    files = [
+        p.name
+        for p in compose.compose([RECIPES / "ablations" / "keepfit_v2_no_gen.yaml", TINY]).files
+    ]
     assert files[-3:] == ["tiny.yaml", "tiny_expert.yaml", "tiny_no_stage0.yaml"]
     files = [p.name for p in compose.compose([RECIPES / "keepfit_v2_text.yaml", TINY]).files]
     assert files == ["keepfit_v2_text.yaml", "tiny_text.yaml"]
     # the old, spelled-out stacks still give the same config
-    old = compose.compose([RECIPES / "flair.yaml", RECIPES / "keepfit_v1.yaml", TINY,
-                           RECIPES / "overlays" / "tiny_expert.yaml"])
+    old = compose.compose(
+        [
+            RECIPES / "flair.yaml",
+            RECIPES / "keepfit_v1.yaml",
+            TINY,
+            RECIPES / "overlays" / "tiny_expert.yaml",
+        ]
+    )
     assert old.config == compose.compose([RECIPES / "keepfit_v1.yaml", TINY]).config
 
 
 def test_no_comment_language_is_left():
     for path in RECIPES.rglob("*.yaml"):
         head = path.read_text().splitlines()[:3]
-        assert not any(line.startswith(("# base:", "# tiny:", "# tiny-instead:")) for line in head), path
+        assert not any(
+            line.startswith(("# base:", "# tiny:", "# tiny-instead:")) for line in head
+        ), path
 
 
 @pytest.mark.parametrize(
     ("args", "yaml_delta", "expected"),
     [
-        (["--model.init_args.optim.lrr", "1e-3"], None,
-         ["command line", "model.init_args.optim.lrr", "unknown key", "model.init_args.optim.lr"]),
-        (["--model.init_args.embed_dim=abc"], None,
-         ["command line", "model.init_args.embed_dim", "expected int, got abc"]),
-        ([], {"model": {"init_args": {"embed_dim": "abc"}}},
-         ["r.yaml", "model.init_args.embed_dim", "expected int, got abc"]),
-        ([], {"model": {"init_args": {"objectives": {"pseudo_seg": {"init_args": {"quantil": 1}}}}}},
-         ["r.yaml", "model.init_args.objectives.pseudo_seg.init_args.quantil", "unknown key",
-          "model.init_args.objectives.pseudo_seg.init_args.quantile"]),
-        ([], {"data": {"init_args": {"batch_sise": 3}}},
-         ["r.yaml", "data.init_args.batch_sise", "data.init_args.batch_size"]),
-        (["--trainer.max_epochz=3"], None, ["command line", "trainer.max_epochz", "trainer.max_epochs"]),
+        (
+            ["--model.init_args.optim.lrr", "1e-3"],
+            None,
+            [
+                "command line",
+                "model.init_args.optim.lrr",
+                "unknown key",
+                "model.init_args.optim.lr",
+            ],
+        ),
+        (
+            ["--model.init_args.embed_dim=abc"],
+            None,
+            ["command line", "model.init_args.embed_dim", "expected int, got abc"],
+        ),
+        (
+            [],
+            {"model": {"init_args": {"embed_dim": "abc"}}},
+            ["r.yaml", "model.init_args.embed_dim", "expected int, got abc"],
+        ),
+        (
+            [],
+            {"model": {"init_args": {"objectives": {"pseudo_seg": {"init_args": {"quantil": 1}}}}}},
+            [
+                "r.yaml",
+                "model.init_args.objectives.pseudo_seg.init_args.quantil",
+                "unknown key",
+                "model.init_args.objectives.pseudo_seg.init_args.quantile",
+            ],
+        ),
+        (
+            [],
+            {"data": {"init_args": {"batch_sise": 3}}},
+            ["r.yaml", "data.init_args.batch_sise", "data.init_args.batch_size"],
+        ),
+        (
+            ["--trainer.max_epochz=3"],
+            None,
+            ["command line", "trainer.max_epochz", "trainer.max_epochs"],
+        ),
     ],
-    ids=["cli-nested-key", "cli-type", "yaml-type", "yaml-objective-key", "yaml-data-key", "cli-trainer"],
+    ids=[
+        "cli-nested-key",
+        "cli-type",
+        "yaml-type",
+        "yaml-objective-key",
+        "yaml-data-key",
+        "cli-trainer",
+    ],
 )
 def test_config_errors_exit_2_in_one_or_two_lines(tmp_path, capsys, args, yaml_delta, expected):
     recipe = write(tmp_path / "r.yaml", {"base": str(RECIPES / "g2d.yaml"), **(yaml_delta or {})})
@@ -154,10 +210,15 @@ def test_saved_config_alone_reproduces_the_resolved_stack(tmp_path, capsys):
     keys = [
         f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
-        "--model.init_args.vision.name=test_resnet", "--data.init_args.image_size=64",
-        "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.vision.name=test_resnet",
+        "--data.init_args.image_size=64",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
     ]
     stack = ["--config", str(RECIPES / "ablations" / "g2d_q075.yaml"), "--config", str(TINY)]
     with pytest.raises(SystemExit):

@@ -15,11 +15,16 @@ def recipes_parser() -> ArgumentParser:
     `fundus-lit fit --config RECIPE` (add `--config recipes/overlays/tiny.yaml` to run anywhere)."""
     parser = ArgumentParser(prog="fundus-lit recipes", description=recipes_parser.__doc__)
     parser.add_argument(
-        "--dir", type=str | None, default=None,
+        "--dir",
+        type=str | None,
+        default=None,
         help="recipe folder (default: recipes/ of the repository, else ./recipes)",
     )
     parser.add_argument(
-        "--format", type=str, default="table", choices=["table", "markdown"],
+        "--format",
+        type=str,
+        default="table",
+        choices=["table", "markdown"],
         help="aligned text, or a markdown table",
     )
     return parser
@@ -31,7 +36,10 @@ def recipe_rows(folder: str | Path | None = None) -> list[dict]:
     rows = []
     for path in compose.discover(folder):
         resolved = compose.resolve(path)
-        rel = lambda p: str(p.relative_to(folder.parent)) if p.is_relative_to(folder.parent) else str(p)  # noqa: E731
+
+        def rel(p: Path) -> str:
+            return str(p.relative_to(folder.parent)) if p.is_relative_to(folder.parent) else str(p)
+
         rows.append(
             {
                 "recipe": rel(path),

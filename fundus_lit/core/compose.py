@@ -39,7 +39,9 @@ from fundus_lit.core.errors import ConfigError
 
 RESERVED = ("base", "description", "overlays", "overlay")
 OBJECTIVES = ("model", "init_args", "objectives")
-NOT_RECIPES = frozenset({"overlays", "eval", "studies"})  # folders under recipes/ that hold no recipes
+NOT_RECIPES = frozenset(
+    {"overlays", "eval", "studies"}
+)  # folders under recipes/ that hold no recipes
 TRAINER_VERBS = ("fit", "validate", "test", "predict")
 COMMAND_LINE = "the command line"
 
@@ -113,7 +115,7 @@ def _normalise_overlays(value: Any, where: Path) -> dict:
         if unknown:
             raise ConfigError(
                 f"{where}: overlays.{name}: unknown key(s) {sorted(map(str, unknown))}; "
-                "expected add (files merged after the overlay) or instead (a file used in its place)"
+                "expected add (files merged after the overlay) or instead (a file used instead)"
             )
         out[name] = {}
         for k, v in need.items():
@@ -256,8 +258,9 @@ def _merge_objectives(base, delta: dict, source, sources, delta_sources) -> dict
             )
         if name not in out and "class_path" not in entry:
             raise ConfigError(_unknown_objective(source, name, out, "change"))
-        merged = merge({name: out.get(name) or {}}, {name: entry}, source, sources,
-                       OBJECTIVES, delta_sources)
+        merged = merge(
+            {name: out.get(name) or {}}, {name: entry}, source, sources, OBJECTIVES, delta_sources
+        )
         out[name] = merged[name]
     return out
 
@@ -398,9 +401,7 @@ def discover(folder: str | Path | None = None) -> list[Path]:
     configs or studies), sorted: main recipes first."""
     folder = Path(folder) if folder else recipes_dir()
     found = [
-        p
-        for p in folder.rglob("*.yaml")
-        if not NOT_RECIPES & set(p.relative_to(folder).parts[:-1])
+        p for p in folder.rglob("*.yaml") if not NOT_RECIPES & set(p.relative_to(folder).parts[:-1])
     ]
     return sorted(found, key=lambda p: (len(p.relative_to(folder).parts), str(p)))
 

@@ -41,6 +41,8 @@ def describe(message: str, parser=None, argv: list[str] | None = None) -> str:
     config = compose.LAST.config if compose.LAST else {}
     key, node, cls = _walk(path, config)
     unknown = next((m.group(1).split("=")[0] for r in _UNKNOWN if (m := r.search(reason))), None)
+    if m := re.search(r"Group '([^']+)' does not accept option '([^']+)'", reason):
+        unknown = f"{m.group(1)}.{m.group(2)}"
     if unknown:
         full = f"{key}.{'init_args.' if cls else ''}{unknown}" if key else unknown
         valid = _valid_keys(cls, parser, key) if cls or parser else []
@@ -53,7 +55,9 @@ def describe(message: str, parser=None, argv: list[str] | None = None) -> str:
             what += f"; valid: {', '.join(sorted(valid)[:12])}{' ...' if len(valid) > 12 else ''}"
     else:
         full = key
-        what = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got \2", reason)
+        what = re.sub(
+            r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got \2", reason
+        )
     where = _where(full, argv)
     return f"{where}: {_named(full)}: {what}" if full else message
 
@@ -71,8 +75,12 @@ def _walk(path, config) -> tuple[str, object, str | None]:
             cls = name
             if isinstance(node, list):
                 index = next(
-                    (i for i, e in enumerate(node) if isinstance(e, dict)
-                     and e.get("class_path") == name), 0,
+                    (
+                        i
+                        for i, e in enumerate(node)
+                        if isinstance(e, dict) and e.get("class_path") == name
+                    ),
+                    0,
                 )
                 key, node = f"{key}[{index}]", node[index] if index < len(node) else None
     return key, node, cls
@@ -114,7 +122,9 @@ def _valid_keys(class_path: str | None, parser, key: str) -> list[str]:
 
             module, _, name = class_path.rpartition(".")
             sub = ArgumentParser(exit_on_error=False)
-            sub.add_class_arguments(getattr(importlib.import_module(module), name), fail_untyped=False)
+            sub.add_class_arguments(
+                getattr(importlib.import_module(module), name), fail_untyped=False
+            )
             return _dests(sub)
         return _dests(_subparser(parser))
     except Exception:  # listing keys is a courtesy; never hide the error itself
