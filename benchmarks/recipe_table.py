@@ -25,20 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 OVERLAYS = RECIPES / "overlays"
 
-#: recipe -> (stacked configs, tiny overlays)
-TABLE: dict[str, tuple[list[str], list[str]]] = {
-    "clip": (["clip.yaml"], ["tiny.yaml"]),
-    "flair": (["flair.yaml"], ["tiny.yaml"]),
-    "vilref": (["vilref.yaml"], ["tiny.yaml"]),
-    "g2d": (["clip.yaml", "g2d.yaml"], ["tiny.yaml"]),
-    "flair_g2d": (["flair.yaml", "flair_g2d.yaml"], ["tiny.yaml"]),
-    "keepfit_v1": (["flair.yaml", "keepfit_v1.yaml"], ["tiny.yaml", "tiny_expert.yaml"]),
-    "keepfit_v2_text": (["keepfit_v2_text.yaml"], ["tiny_text.yaml"]),
-    "keepfit_v2": (
-        ["flair.yaml", "keepfit_v2.yaml"],
-        ["tiny.yaml", "tiny_expert.yaml", "tiny_no_stage0.yaml"],
-    ),
-}
+sys.path.insert(0, str(ROOT))
+from fundus_lit.core import compose  # noqa: E402  (the resolver the CLI and the tests use)
+
+#: every main recipe (ablations are deltas of these), by name; each runs with one --config
+TABLE: dict[str, Path] = {p.stem: p for p in compose.discover(RECIPES) if p.parent == RECIPES}
+
+
+def text_only(name: str) -> bool:
+    model = compose.resolve(TABLE[name]).config.get("model", {})
+    return model.get("class_path") == "fundus_lit.TextPretrainModule"
+
 
 WORKER = """
 import json, resource, statistics, sys, time
@@ -72,10 +69,9 @@ print("RESULT " + json.dumps({"step": statistics.median(steady), "steps": len(cl
 
 
 def measure(name: str, epochs: int, batches: int, root: Path) -> dict:
-    configs, overlays = TABLE[name]
     args = [  # no subcommand: the worker builds the CLI with run=False and calls fit itself
-        *[f"--config={RECIPES / c}" for c in configs],
-        *[f"--config={OVERLAYS / o}" for o in overlays],
+        f"--config={TABLE[name]}",
+        f"--config={OVERLAYS / 'tiny.yaml'}",  # the recipe declares what it needs with it
         f"--trainer.max_epochs={epochs}",
         f"--trainer.limit_train_batches={batches}",
         "--trainer.enable_progress_bar=false",
@@ -83,7 +79,7 @@ def measure(name: str, epochs: int, batches: int, root: Path) -> dict:
         "--trainer.logger=false",
         f"--trainer.default_root_dir={root / name}",
     ]
-    if name == "keepfit_v2_text":
+    if text_only(name):
         args.append(f"--model.init_args.save_dir={root / name / 'tower'}")
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
@@ -99,7 +95,7 @@ def measure(name: str, epochs: int, batches: int, root: Path) -> dict:
 
 
 def metric(name: str, logged: dict) -> str:
-    if name == "keepfit_v2_text":
+    if text_only(name):
         return f"val MLM loss {logged['val/mlm']:.2f}"
     return f"zero-shot ACA {logged['val/zeroshot/aca']:.3f}"
 
@@ -142,7 +138,8 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
         "",
         f"Measured by `python benchmarks/recipe_table.py` on {where()}, "
         f"{time.strftime('%Y-%m-%d')}: each recipe with its tiny overlays (ResNet-18 at 128 px, "
-        "frozen MiniLM, batch 32, in-memory synthetic data; see each recipe's `# tiny:` lines), "
+        "frozen MiniLM, batch 32, in-memory synthetic data; plus what each recipe declares "
+        "under `overlays: tiny:`), "
         f"{args.epochs} epochs of {args.batches} batches, one process per recipe. Step time is "
         "the median training step after the first three; peak memory is the process's peak "
         "resident set on CPU (CUDA peak allocated on a GPU); the metric is the synthetic "
@@ -155,7 +152,7 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
     ]
     base = dict(rows).get("flair", {}).get("step")
     for name, r in rows:
-        ratio = f"{r['step'] / base:.2f}x" if base and name != "keepfit_v2_text" else ""
+        ratio = f"{r['step'] / base:.2f}x" if base and not text_only(name) else ""
         lines.append(
             f"| `{name}` | {r['step'] * 1000:.0f} | {ratio} | {r['peak'] / 2**30:.2f} | "
             f"{metric(name, r['logged'])} |"

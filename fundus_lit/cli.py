@@ -34,7 +34,7 @@ COMMANDS: dict[str, str] = {
     "caption": "caption",
     "prepare": "prepare",
     "export": "export",
-    # "recipes": "recipes",  with fundus_lit/commands/recipes.py (issue 17, another branch)
+    "recipes": "recipes",
 }
 PROJECT_VERBS = [verb for verb in COMMANDS if verb not in TRAINER_VERBS]
 

@@ -46,9 +46,18 @@ def fit_fails(tmp_path, capsys, *args: str, recipe: str = "clip.yaml") -> str:
             "clip.yaml",
             "data.val_fraction must be in [0, 1), got 1.5",
         ),
-        # the parser's own checks: unknown option, wrong type
-        (["--model.init_args.embed_dimm=3"], "clip.yaml", "Option 'embed_dimm' is not accepted"),
-        (["--model.init_args.embed_dim=abc"], "clip.yaml", "Got value: abc"),
+        # the parser's own checks, in one line (issue 17.4): unknown option, wrong type
+        (
+            ["--model.init_args.embed_dimm=3"],
+            "clip.yaml",
+            "command line: model.init_args.embed_dimm: unknown key; nearest valid: "
+            "model.init_args.embed_dim",
+        ),
+        (
+            ["--model.init_args.embed_dim=abc"],
+            "clip.yaml",
+            "command line: model.init_args.embed_dim: expected int, got abc",
+        ),
         (["--trainer.max_epochz=3"], "clip.yaml", "trainer.max_epochz"),
     ],
     ids=["refused-value", "refused-grad-cache", "refused-data-value", "unknown", "type", "trainer"],

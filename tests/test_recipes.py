@@ -1,6 +1,7 @@
 """Every recipe YAML is a test: parsed with --print_config and smoke-run on synthetic data with the
-tiny overlay. Recipes are discovered, so a new recipe is covered without a new test. An ablation
-carries only its deltas and names the recipe it stacks on in a first line ``# base: <path>``."""
+tiny overlay. Recipes are discovered, so a new recipe is covered without a new test. Every recipe
+runs with one --config: a delta names its base with a top-level ``base:`` key and declares what it
+needs with the tiny overlay (``overlays: {tiny: ...}``), both read by fundus_lit.core.compose."""
 
 from pathlib import Path
 
@@ -9,33 +10,25 @@ import yaml
 
 from fundus_lit.cli import cli_main
 from fundus_lit.commands.evaluate import build_parser as evaluate_parser
+from fundus_lit.core import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "recipes" / "overlays" / "tiny.yaml")
-NOT_RECIPES = {"overlays", "eval"}  # overlays stack on recipes; eval/ holds evaluation data configs
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if not NOT_RECIPES & set(p.parts))
+RECIPES = compose.discover(ROOT / "recipes")
 
 
 def configs(recipe: Path) -> list[str]:
-    """The --config arguments that run a recipe: its bases first (a base may have a base)."""
-    first = recipe.read_text().splitlines()[0]
-    base = configs(ROOT / first.split(":", 1)[1].strip()) if first.startswith("# base:") else []
-    return [*base, "--config", str(recipe)]
+    """The --config arguments that run a recipe: the recipe alone."""
+    return ["--config", str(recipe)]
 
 
 def tiny(recipe: Path) -> list[str]:
-    """The tiny overlay, plus what the recipe (or a base) needs on top of it, declared in a
-    header line ``# tiny: <path>`` (e.g. the expert stream of two-stream recipes). A recipe whose
-    model is not the dual encoder (text pretraining) names its own overlay instead of the default
-    with ``# tiny-instead: <path>``."""
-    base, extra = [TINY], []
-    for path in [a for a in configs(recipe) if a != "--config"]:
-        for line in Path(path).read_text().splitlines()[:3]:
-            if line.startswith("# tiny:"):
-                extra += ["--config", str(ROOT / line.split(":", 1)[1].strip())]
-            if line.startswith("# tiny-instead:"):
-                base = [str(ROOT / line.split(":", 1)[1].strip())]
-    return ["--config", *base, *extra]
+    """The tiny overlay; what a recipe needs on top of it, or instead of it, is in the recipe."""
+    return ["--config", TINY]
+
+
+def text_only(recipe: Path) -> bool:
+    return compose.resolve(recipe).config["model"]["class_path"] == "fundus_lit.TextPretrainModule"
 
 
 def test_recipes_exist():
@@ -68,10 +61,10 @@ OVERLAYS += sorted((ROOT / "callbacks").glob("*.yaml"))
 def applies(overlay: Path, recipe: Path) -> bool:
     """Overlays that set the image tower or add evaluation callbacks are for dual-encoder
     recipes; text pretraining (no image tower) takes the trainer-level ones."""
-    text_only = any("TextPretrainModule" in Path(c).read_text() for c in configs(recipe)[1::2])
     touches = yaml.safe_load(overlay.read_text()) or {}
     model = (touches.get("model") or {}).get("init_args") or {}
-    return not (text_only and ("vision" in model or "callbacks+" in touches.get("trainer", {})))
+    image_keys = "vision" in model or "callbacks+" in touches.get("trainer", {})
+    return not (image_keys and text_only(recipe))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -140,7 +133,7 @@ def test_main_recipe_resumes_from_its_last_checkpoint(recipe, tmp_path):
         "--data.init_args.batch_size=4",
         "--data.init_args.num_workers=0",
     ]
-    if "# tiny-instead:" not in recipe.read_text():  # an image model: the smallest one
+    if not text_only(recipe):  # an image model: the smallest one
         common += ["--model.init_args.vision.name=test_resnet", "--data.init_args.image_size=64"]
     first = cli_main([*common, "--trainer.max_epochs=1"])
     assert first.trainer.global_step == 2

@@ -17,6 +17,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from fundus_lit.commands.errors import user_error
 from fundus_lit.core.checkpoint import read_checkpoint
+from fundus_lit.core.compose import resolve_cli_args
+from fundus_lit.core.config_errors import exit_on_parse_error
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
 from fundus_lit.core.quiet import quiet_library_warnings
 from fundus_lit.data.errors import ConfigError
@@ -37,6 +39,10 @@ class ConciseParser(LightningArgumentParser):
     def print_usage(self, file=None) -> None:
         prog = self.prog.replace(" [options]", "")
         print(f"usage: {prog} --config RECIPE.yaml [--config ...] [--KEY VALUE ...]", file=file)
+
+    def error(self, message: str, ex: Exception | None = None):
+        exit_on_parse_error(self, message, ex)  # one or two lines: file, full key, expected
+        super().error(message, ex)
 
 
 class FundusLitCLI(LightningCLI):
@@ -148,6 +154,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FundusLitCLI:
     """Run (or, with ``run=False``, only build) the trainer CLI; tests call this in-process."""
     # Any LightningModule / DataModule: recipes name theirs (PretrainModule + FundusDataModule, or
     # the text pretraining pair of keepfit_v2_text); links skip keys a class does not have.
+    args = resolve_cli_args(args)  # `base:` chains, named objectives, overlay needs -> one config
     return FundusLitCLI(
         L.LightningModule,
         L.LightningDataModule,
