@@ -374,7 +374,9 @@ def resolve_cli_args(argv: list[str] | None) -> list[str] | None:
         return argv
     configs: list[str | dict] = []
     for f in files:  # jsonargparse also takes a config as YAML text
-        inline = not Path(f).is_file() and ("\n" in f or f.lstrip().startswith("{"))
+        # text first: DDP's launcher re-runs sys.argv, which holds the resolved config as text,
+        # and a path check on a long text fails (file name too long)
+        inline = "\n" in f or f.lstrip().startswith("{")
         text = yaml.safe_load(f) if inline else None
         configs.append(text if isinstance(text, dict) else f)
     LAST = composed = compose(configs)
