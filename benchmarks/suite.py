@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "queue_cost": ["--queues", "0", "16384", "--steps", "3", "--rounds", "2"],
     "g2d_cost": ["--steps", "2", "--rounds", "2"],
     "grad_cache_memory": ["--quick"],
+    "cpu_precision": ["--batches", "5"],
     "gpu_throughput": ["--quick"],
 }
 #: measured only where CUDA is present (on a CPU they would only smoke-test themselves)
