@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_runs
 # bf16 autocast halves the CPU step on processors with native bf16 (AVX512-BF16/AMX); on others
-# the CLI falls back to 32-true and prints why (emulated bf16 is 20-40x slower).
+# the CLI falls back to 32-true and prints why (emulated bf16 is 10-40x slower).
 DEMO_PRECISION ?= bf16-mixed
 
 .PHONY: install test demo lint bench clean

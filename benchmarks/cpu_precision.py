@@ -12,15 +12,12 @@ emulated (ratio forced-bf16/fp32 far above 1) and the CLI falls back to fp32 (ch
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from recipe_table import WORKER
+from recipe_table import run_worker
 from results import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,18 +46,11 @@ def measure(precision: str, override: str | None, batches: int, root: Path) -> d
         "--trainer.callbacks=[]",
         f"--trainer.default_root_dir={root}",
     ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("FUNDUS_LIT_CPU_BF16", None)
+    env = {k: v for k, v in os.environ.items() if k != "FUNDUS_LIT_CPU_BF16"}
     if override:
         env["FUNDUS_LIT_CPU_BF16"] = override
-    run = subprocess.run(
-        [sys.executable, "-c", WORKER, json.dumps(args)], capture_output=True, text=True, env=env
-    )
-    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-    if run.returncode != 0 or not lines:
-        raise RuntimeError(f"{precision} failed:\n{run.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT ") :])
-    chose = [x for x in run.stderr.splitlines() if x.startswith("fundus-lit: precision")]
+    result, stderr = run_worker(args, precision, env)
+    chose = [x for x in stderr.splitlines() if x.startswith("fundus-lit: precision")]
     result["message"] = chose[-1] if chose else f"fundus-lit: precision {precision}"
     return result
 

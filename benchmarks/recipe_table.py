@@ -81,17 +81,25 @@ def measure(name: str, epochs: int, batches: int, root: Path) -> dict:
     ]
     if text_only(name):
         args.append(f"--model.init_args.save_dir={root / name / 'tower'}")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
+    result, _ = run_worker(args, name)
+    result["wall"] = time.perf_counter() - start
+    return result
+
+
+def run_worker(args: list[str], name: str, env: dict | None = None) -> tuple[dict, str]:
+    """(the worker's RESULT, its stderr): one timed fit of the CLI ``args`` in its own process."""
+    env = (os.environ if env is None else env) | {
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     run = subprocess.run(
         [sys.executable, "-c", WORKER, json.dumps(args)], capture_output=True, text=True, env=env
     )
     lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
     if run.returncode != 0 or not lines:
         raise RuntimeError(f"{name} failed:\n{run.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT ") :])
-    result["wall"] = time.perf_counter() - start
-    return result
+    return json.loads(lines[-1][len("RESULT ") :]), run.stderr
 
 
 def metric(name: str, logged: dict) -> str:

@@ -1,7 +1,7 @@
 """Which floating-point precision a run on the CPU can afford.
 
 bf16 autocast halves a CPU step on processors that compute in bf16 natively (AVX512-BF16, AMX),
-but elsewhere PyTorch emulates it, 20-40x slower than fp32: a 2-core AVX2 machine took 40 s a
+but elsewhere PyTorch emulates it, 10-40x slower than fp32: a 2-core AVX2 machine took 40 s a
 step of the tiny demo instead of 0.9 s. So a bf16 precision asked for on a CPU is kept only
 where the CPU has native bf16 and PyTorch may use it, and becomes ``32-true`` otherwise, with
 one line that says so and why. GPUs are never touched.
@@ -79,6 +79,6 @@ def cpu_precision(requested: object) -> tuple[str | int | None, str | None]:
     if found.native:
         return requested, f"precision {requested} on the CPU: {found.reason}"
     return "32-true", (
-        f"precision {requested} -> 32-true: {found.reason}, and emulated bf16 is 20-40x slower "
+        f"precision {requested} -> 32-true: {found.reason}, and emulated bf16 is 10-40x slower "
         f"than fp32 (set {ENV}=native to keep it)"
     )
