@@ -9,6 +9,7 @@ ends with one ``fundus-lit: error:`` line and exit status 2, a preempted run wit
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import sys
@@ -49,8 +50,17 @@ def main(argv: list[str] | None = None) -> None:
         print("  project verbs: " + ", ".join(PROJECT_VERBS) + " (fundus-lit VERB --help)")
         sys.exit(0 if argv else 2)
     verb = argv[0]
+    if verb not in COMMANDS and not verb.startswith("-"):  # LightningCLI would list its 4 only
+        near = difflib.get_close_matches(verb, list(COMMANDS), n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        hint += f" (verbs: {', '.join(COMMANDS)})"
+        print(
+            f"fundus-lit: error: unknown verb {verb!r}{hint}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
-        if verb in TRAINER_VERBS or verb not in COMMANDS:  # LightningCLI reports unknown verbs
+        if verb in TRAINER_VERBS or verb not in COMMANDS:  # LightningCLI reports the rest
             command = importlib.import_module("fundus_lit.commands.train")
             args = None if from_command_line else argv  # LightningCLI reads sys.argv itself
         else:

@@ -304,3 +304,12 @@ def test_predictions_go_to_the_run_directory_or_where_told(tmp_path):
         assert EmbeddingWriter(given).output_path(trainer) == expected
     trainer = SimpleNamespace(ckpt_path=None, log_dir=str(tmp_path / "logs"))
     assert EmbeddingWriter().output_path(trainer) == tmp_path / "logs" / "predictions.parquet"
+
+
+def test_an_unknown_verb_names_the_nearest_and_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluat", "--ckpt", "x.ckpt"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "unknown verb 'evaluat'; did you mean evaluate?" in err
+    assert "recipes" in err and "fit" in err and "Traceback" not in err
