@@ -82,6 +82,20 @@ def test_unknown_and_unreachable_models_say_what_to_do(tmp_path):
         resolve_reference("pkg:no_such_package_xyz/model")
 
 
+def test_timm_variant_built_from_model_kwargs():
+    narrow = VisionConfig(
+        "resnet18", model_kwargs={"channels": [16, 32, 64, 128], "stem_width": 16}
+    )
+    model = DualEncoder(narrow, TextConfig(MINILM), 16, 64)
+    assert model.vision.model.num_features == 128
+    with pytest.raises(
+        ModelNotFoundError, match=r"does not take vision.model_kwargs \['chanels'\]"
+    ):
+        DualEncoder(
+            VisionConfig("resnet18", model_kwargs={"chanels": [8]}), TextConfig(MINILM), 16, 64
+        )
+
+
 def test_local_weights_file_for_vision_tower(tmp_path):
     import timm
     from safetensors.torch import save_file
