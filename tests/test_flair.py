@@ -177,3 +177,21 @@ def test_zeroshot_targets_evaluate_and_table():
     assert "| aca | 1.0000 |" in format_table(result)
     with pytest.raises(ValueError, match="repeat"):
         ZeroShot(["glaucoma", "Glaucoma."])
+
+
+def test_category_balanced_sampling_draws_rare_first_categories_as_often():
+    dm = make_dm(
+        train=[SyntheticSource(n=300, size=32, seed=4)],
+        val_fraction=0.1,
+        balance_categories=True,
+        epoch_length=4500,
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    train = dm.splits["train"]
+    drawn = Counter(train[index][1].categories[0] for index, _, _ in loader.sampler)
+    have = Counter(record.categories[0] for _, record in train)
+    assert set(drawn) == set(have) and len(have) == 9
+    rarest, commonest = min(have, key=have.get), max(have, key=have.get)
+    assert have[commonest] > 2 * have[rarest]  # the draw, not the data, is balanced
+    assert max(drawn.values()) < 1.25 * min(drawn.values())  # 500 expected per category

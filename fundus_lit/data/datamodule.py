@@ -81,6 +81,9 @@ class FundusDataModule(L.LightningDataModule):
         seed: Seed of per-sample text draws and of the training shuffle.
         balance_datasets: Sample training batches uniformly over source datasets (with
             replacement inside each) instead of shuffling all records.
+        balance_categories: Sample training batches uniformly over first categories (over
+            (dataset, first category) pairs with ``balance_datasets`` too), so rare classes are
+            seen as often as common ones: what a metric that averages per-class recall rewards.
         epoch_length: Training samples per epoch (all devices together) when balancing;
             defaults to the number of training records.
         expert: Sources of a second training stream (KeepFIT's expert image-caption set): every
@@ -110,6 +113,7 @@ class FundusDataModule(L.LightningDataModule):
         check_files: bool = True,
         seed: int = 0,
         balance_datasets: bool = False,
+        balance_categories: bool = False,
         epoch_length: int | None = None,
         expert: list[Source] | None = None,
         expert_text: TextBuilder | None = None,
@@ -132,6 +136,7 @@ class FundusDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.check_files, self.seed = pin_memory, check_files, seed
         self.balance_datasets, self.epoch_length = balance_datasets, epoch_length
+        self.balance_categories = balance_categories
         self.expert_sources = list(expert or [])
         self.expert_text = expert_text or ReportTextBuilder(require_text=True)
         MissingFiles(missing)  # an unknown policy fails here, not after reading every source
@@ -247,10 +252,18 @@ class FundusDataModule(L.LightningDataModule):
             **kwargs,
         )
 
+    def _balance_group(self, record) -> str:
+        """The group a balanced sampler draws uniformly over: dataset, first category or the
+        pair of both."""
+        parts = [record.dataset] if self.balance_datasets else []
+        if self.balance_categories:
+            parts.append(record.categories[0] if record.categories else "")
+        return "\x1f".join(parts)
+
     def train_dataloader(self) -> DataLoader:
         train = self.splits["train"]
-        if self.balance_datasets:
-            names = [record.dataset for _, record in train]
+        if self.balance_datasets or self.balance_categories:
+            names = [self._balance_group(record) for _, record in train]
             sampler = DatasetBalancedSampler(names, self.epoch_length, self.seed)
         else:
             sampler = EpochSampler(len(train), shuffle=True, seed=self.seed)
