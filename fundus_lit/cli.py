@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "prepare",
     "export": "export",
     "recipes": "recipes",
+    "summary": "summary",
 }
 PROJECT_VERBS = [verb for verb in COMMANDS if verb not in TRAINER_VERBS]
 

@@ -105,6 +105,21 @@ def test_evaluate_writes_every_output(trained, tmp_path, capsys):
     tags = set(events.Tags()["scalars"])
     assert {"eval/zeroshot/aca", "eval/probe/100%/aca", "eval/retrieval/i2i/mAP@5"} <= tags
     assert "| aca |" in capsys.readouterr().out.replace("setting | aca", "| aca |")
+    main(["summary", str(out)])  # the compact table the demo ends with
+    lines = capsys.readouterr().out.splitlines()
+    zeroshot = next(line for line in lines if "zero-shot ACA" in line).split()
+    assert zeroshot[-2:] == ["main", f"{report['zeroshot']['aca']:.3f}"]
+    probe_row = next(line for line in lines if "linear probe ACA, 100%" in line)
+    assert probe_row.endswith(f"{probe['100%']['aca']['mean']:.3f}")
+    assert any(line.strip() == str(out / "confusion_zeroshot.png") for line in lines)
+    assert any("retrieval i2i R@1" in line for line in lines)
+
+
+def test_summary_of_a_directory_without_results_says_what_to_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["summary", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no eval.json" in capsys.readouterr().err
 
 
 def test_evaluate_image_folders_and_tags(trained, tmp_path):

@@ -119,3 +119,24 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
     return fig
+
+
+def curve_figure(points: Sequence[dict], metric: str, target: float | None = None):
+    """Two panels of one run's metric: against training seconds and against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    values = [p["value"] for p in points]
+    for ax, key, label in ((axes[0], "seconds", "training seconds"), (axes[1], "step", "step")):
+        ax.plot([p[key] for p in points], values, marker="o", markersize=3)
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    axes[0].set_ylim(0.0, 1.0)
+    fig.tight_layout()
+    return fig
