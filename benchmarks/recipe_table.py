@@ -136,7 +136,12 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     text = render(rows, args)
-    Path(args.out).write_text(text, encoding="utf-8")
+    out = Path(args.out)
+    if out.exists():  # sections other benchmarks wrote below the table ("## ...") are kept
+        old = out.read_text(encoding="utf-8")
+        if "\n## " in old:
+            text = text.rstrip("\n") + "\n" + old[old.index("\n## ") :]
+    out.write_text(text, encoding="utf-8")
     print(text)
 
 
