@@ -52,6 +52,7 @@ def test_presets_follow_the_spec():
     paper, code = PRESETS["paper"], PRESETS["code"]
     assert (paper.strict, paper.w_dice, paper.w_bce, paper.dice_on) == (False, 0.5, 0.5, "probs")
     assert (code.strict, code.w_bce, code.dice_on, code.warmup_steps) == (True, 0.2, "logits", 200)
+    assert (code.w_dice, code.eps, paper.eps) == (1.0, 1e-5, 1e-6)  # (1 - dice) + 0.2 BCE
     assert paper.quantile == code.quantile == 0.85 and paper.warmup_steps == 0
     with pytest.raises(AttributeError):
         paper.w_bce = 1.0  # frozen

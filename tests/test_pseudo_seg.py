@@ -85,6 +85,7 @@ def test_per_head_masks_and_presets():
     assert objective.decoder(out.multiscale, (128, 128)).shape == (2, 4, 128, 128)
     code = PseudoSegObjective(preset="code")
     assert code.strict and code.w_bce == 0.2 and code.warmup_steps == 200
+    assert code.w_dice == 1.0 and code.eps == 1e-5
     assert PseudoSegObjective(preset="code", quantile=0.75).quantile == 0.75
 
 

@@ -25,6 +25,17 @@ def test_reference_values():
     assert wsc_loss(U, V, S, multi).item() == pytest.approx(1.134738, abs=1e-6)
 
 
+def test_fn_removal_is_separable_from_the_weighting():
+    """Spec section 3, gamma = 1, delta = 1: with removal an identical label set weighs 0; without
+    it such a pair is a plain negative, and for one-hot labels every weight is then 1 (CLIP)."""
+    one_hot = torch.stack([E[0], E[1], E[0], E[2]])
+    kept = wsc_loss(U, V, S, one_hot, gamma=1.0, fn_threshold=1.0, fn_removal=True)
+    plain = wsc_loss(U, V, S, one_hot, gamma=1.0, fn_threshold=1.0, fn_removal=False)
+    assert kept.item() == pytest.approx(1.166854, abs=1e-6)
+    assert plain.item() == pytest.approx(1.167397, abs=1e-6)
+    assert plain.item() == pytest.approx(clip_loss(U, V, S).item(), abs=1e-12)
+
+
 def test_label_similarity_treats_empty_sets():
     y = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
     a = label_similarity(y, y)

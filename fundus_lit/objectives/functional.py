@@ -117,12 +117,19 @@ def label_similarity(rows: Tensor, cols: Tensor) -> Tensor:
 
 
 def wsc_weights(
-    similarity: Tensor, positives: Tensor, gamma: float = 1.0, fn_threshold: float = 1.0
+    similarity: Tensor,
+    positives: Tensor,
+    gamma: float = 1.0,
+    fn_threshold: float = 1.0,
+    fn_removal: bool = True,
 ) -> Tensor:
-    """Negative weights ``w_ij``: ``(1 - A_ij) ** gamma`` (close pairs pushed apart slowly), 0 for
-    false negatives (``A_ij >= fn_threshold``), 1 at each row's positive column ``positives[i]``."""
+    """Negative weights ``w_ij``: ``(1 - A_ij) ** gamma`` (close pairs pushed apart slowly), 1 at
+    each row's positive column ``positives[i]``. Pairs with ``A_ij >= fn_threshold`` are false
+    negatives: weight 0 when ``fn_removal``, else weight 1 like any plain negative. Without that
+    switch removal could not be ablated at ``gamma = 1``, where an identical label set already
+    weighs ``(1 - 1) ** 1 = 0``."""
     weights = (1.0 - similarity).clamp_min(0.0).pow(gamma)
-    weights = weights.masked_fill(similarity >= fn_threshold, 0.0)
+    weights = weights.masked_fill(similarity >= fn_threshold, 0.0 if fn_removal else 1.0)
     return weights.scatter(1, positives[:, None], 1.0)
 
 
@@ -135,6 +142,7 @@ def wsc_direction(
     *,
     gamma: float = 1.0,
     fn_threshold: float = 1.0,
+    fn_removal: bool = True,
     offset: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of the WSC loss: mean ``L_i`` over the queries, the number of negatives
@@ -145,7 +153,7 @@ def wsc_direction(
     logits = scale * queries @ keys.t()
     positives = torch.arange(len(queries), device=queries.device) + offset
     similarity = label_similarity(query_labels, key_labels)
-    weights = wsc_weights(similarity, positives, gamma, fn_threshold)
+    weights = wsc_weights(similarity, positives, gamma, fn_threshold, fn_removal)
     positive_logit = logits.gather(1, positives[:, None]).squeeze(1)
     loss = (torch.logsumexp(logits + weights.log(), dim=1) - positive_logit).mean()
     negative = torch.ones_like(weights, dtype=torch.bool).scatter(1, positives[:, None], False)
@@ -166,6 +174,7 @@ def wsc_loss(
     key_labels: Tensor | None = None,
     gamma: float = 1.0,
     fn_threshold: float = 1.0,
+    fn_removal: bool = True,
 ) -> Tensor:
     """Weighted similarity coupling (spec section 3, the formulation this project defines):
     ``L_i = -log(exp(l_ii) / sum_j w_ij exp(l_ij))``, image queries against text keys and text
@@ -173,13 +182,13 @@ def wsc_loss(
 
     Keys are ``(B + K, D)``: the B positives of the B queries first, then the queue; ``None``
     means the other modality's batch embeddings (no queue). ``key_labels`` ``(B + K, C)``
-    default to ``labels``. With ``gamma = 0`` and ``fn_threshold > 1`` every weight is 1 and the
-    loss is CLIP's.
+    default to ``labels``. With ``gamma = 0`` and ``fn_threshold > 1`` (or ``fn_removal=False``)
+    every weight is 1 and the loss is CLIP's.
     """
     text_keys = text_emb if text_keys is None else text_keys
     image_keys = image_emb if image_keys is None else image_keys
     key_labels = labels if key_labels is None else key_labels
-    opts = {"gamma": gamma, "fn_threshold": fn_threshold}
+    opts = {"gamma": gamma, "fn_threshold": fn_threshold, "fn_removal": fn_removal}
     i2t = wsc_direction(image_emb, text_keys, scale, labels, key_labels, **opts)[0]
     t2i = wsc_direction(text_emb, image_keys, scale, labels, key_labels, **opts)[0]
     return (i2t + t2i) / 2

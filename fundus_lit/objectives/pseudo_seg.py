@@ -73,7 +73,7 @@ class PseudoSegObjective(Objective):
         self.strict = base.strict if strict is None else strict
         self.w_dice = base.w_dice if w_dice is None else w_dice
         self.w_bce = base.w_bce if w_bce is None else w_bce
-        self.dice_on = base.dice_on
+        self.dice_on, self.eps = base.dice_on, base.eps
         self.warmup_steps = base.warmup_steps if warmup_steps is None else warmup_steps
         self.fov, self.smoothing, self.sigma = fov, smoothing, sigma
         self.per_head, self.decoder_kind, self.image_every = per_head, decoder, image_every
@@ -116,7 +116,9 @@ class PseudoSegObjective(Objective):
         images = batch.images
         target = self.masks(outputs.attention, images)
         logits = self.decoder(outputs.multiscale, tuple(images.shape[-2:])).float()
-        loss = dice_bce_loss(logits, target, self.w_dice, self.w_bce, dice_on=self.dice_on)
+        loss = dice_bce_loss(
+            logits, target, self.w_dice, self.w_bce, dice_on=self.dice_on, eps=self.eps
+        )
         # warm-up: keep the graph (every parameter used, as DDP expects) but add nothing
         active = (self.steps >= self.warmup_steps).to(loss.dtype)
         scalars = {"mask_fraction": target.mean().detach(), "active": active}

@@ -39,6 +39,9 @@ class WSCObjective(Objective):
         gamma: Exponent of the negative weights ``(1 - A_ij) ** gamma``; 0 weighs all equally.
         fn_threshold: ``delta``: negatives with label similarity ``>= delta`` are removed as false
             negatives; any value above 1 keeps them all.
+        fn_removal: False keeps the pairs at or above ``delta`` as ordinary negatives (weight 1),
+            the ablation of removal alone (at ``gamma = 1`` raising ``delta`` is not enough: an
+            identical label set already weighs 0).
         momentum: EMA coefficient ``m`` of the key encoder; null computes keys with the online
             encoder (with gradient) and allows no queue.
         queue_size: ``K`` keys per modality kept from earlier steps (a ring: any size works;
@@ -53,6 +56,7 @@ class WSCObjective(Objective):
         name: str | None = None,
         gamma: float = 1.0,
         fn_threshold: float = 1.0,
+        fn_removal: bool = True,
         momentum: float | None = 0.995,
         queue_size: int = 0,
     ) -> None:
@@ -64,6 +68,7 @@ class WSCObjective(Objective):
         if queue_size and momentum is None:
             raise ValueError("a queue holds momentum keys: set momentum when queue_size > 0")
         self.gamma, self.fn_threshold = float(gamma), float(fn_threshold)
+        self.fn_removal = bool(fn_removal)
         self.momentum, self.queue_size = momentum, int(queue_size)
         self.momentum_encoder: nn.Module | None = None
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -140,7 +145,12 @@ class WSCObjective(Objective):
             key_labels = torch.cat([all_labels, q_labels])
             if self.training and self.queue_size:
                 self._pending.append((m_image, m_text, all_labels))
-        opts = {"gamma": self.gamma, "fn_threshold": self.fn_threshold, "offset": offset}
+        opts = {
+            "gamma": self.gamma,
+            "fn_threshold": self.fn_threshold,
+            "fn_removal": self.fn_removal,
+            "offset": offset,
+        }
         scale = outputs.scale
         i2t, removed_i, weight_i = wsc_direction(
             outputs.image_emb, text_keys, scale, labels, key_labels, **opts
