@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fundus_lit.core.provenance import commit, machine  # noqa: E402
+
 DEMO = [
     "--config=recipes/flair.yaml",
     "--config=recipes/overlays/tiny.yaml",
@@ -38,35 +40,6 @@ DEMO = [
 ]
 # the first version of the demo, as README reported it: 9-class zero-shot ACA 0.46 after ~420 s
 FIRST_VERSION = {"seconds": 420.0, "value": 0.46}
-
-
-def machine() -> dict:
-    from fundus_lit.core.precision import cpu_bf16
-
-    model = ""
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    bf16 = cpu_bf16()
-    return {
-        "cpu": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "native_bf16": bf16.native,
-        "bf16_reason": bf16.reason,
-        "python": platform.python_version(),
-    }
-
-
-def commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-    )
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def fit(extra: list[str], save_dir: Path, name: str) -> tuple[Path, float]:
@@ -160,7 +133,7 @@ def main() -> None:
         "benchmark": "time_to_accuracy",
         "command": "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:]),
         "fit_command": "fundus-lit fit " + " ".join(extra),
-        "commit": commit(),
+        "commit": commit(ROOT),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "env": {

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "recipes": "recipes",
     "summary": "summary",
+    "ablate": "ablate",
 }
 PROJECT_VERBS = [verb for verb in COMMANDS if verb not in TRAINER_VERBS]
 

@@ -76,6 +76,19 @@ def test_held_out_categories_leave_pretraining_only():
     assert any("glaucoma" in r.categories for _, r in dm.splits["val"])  # still evaluable
 
 
+def test_data_held_out_works_with_any_text_builder():
+    """The claims bench holds categories out of CLIP's plain prompts as well as FLAIR's."""
+    dm = make_dm(
+        train=[SyntheticSource(n=60, size=64, seed=2)],
+        held_out=["Glaucoma", "pathologic myopia"],
+        val_fraction=0.2,
+    )
+    dm.setup("fit")
+    kept = {c for _, r in dm.splits["train"] for c in r.categories}
+    assert kept and not kept & {"glaucoma", "pathologic myopia"}
+    assert any("glaucoma" in r.categories for _, r in dm.splits["val"])
+
+
 def test_balanced_sampler_is_uniform_over_datasets_with_replacement():
     names = ["big"] * 90 + ["small"] * 10
     sampler = DatasetBalancedSampler(names, epoch_length=4000, seed=1)

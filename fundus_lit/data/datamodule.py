@@ -26,6 +26,7 @@ from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler, permu
 from fundus_lit.data.sources import Source
 from fundus_lit.data.text import ReportTextBuilder, TemplateTextBuilder, TextBuilder
 from fundus_lit.data.transforms import AugmentConfig, ImagePipeline
+from fundus_lit.knowledge.keys import category_key
 
 Items = list[tuple[Source, FundusRecord]]
 logger = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class FundusDataModule(L.LightningDataModule):
         balance_categories: Sample training batches uniformly over first categories (over
             (dataset, first category) pairs with ``balance_datasets`` too), so rare classes are
             seen as often as common ones: what a metric that averages per-class recall rewards.
+        held_out: Categories whose images are left out of the training split, whatever the text
+            builder (the knowledge builder's own ``held_out`` does the same for its recipes), so
+            evaluation on them measures transfer to categories no training text named.
         epoch_length: Training samples per epoch (all devices together) when balancing;
             defaults to the number of training records.
         expert: Sources of a second training stream (KeepFIT's expert image-caption set): every
@@ -114,6 +118,7 @@ class FundusDataModule(L.LightningDataModule):
         seed: int = 0,
         balance_datasets: bool = False,
         balance_categories: bool = False,
+        held_out: list[str] | None = None,
         epoch_length: int | None = None,
         expert: list[Source] | None = None,
         expert_text: TextBuilder | None = None,
@@ -137,6 +142,7 @@ class FundusDataModule(L.LightningDataModule):
         self.pin_memory, self.check_files, self.seed = pin_memory, check_files, seed
         self.balance_datasets, self.epoch_length = balance_datasets, epoch_length
         self.balance_categories = balance_categories
+        self.held_out = {category_key(c) for c in held_out or []}
         self.expert_sources = list(expert or [])
         self.expert_text = expert_text or ReportTextBuilder(require_text=True)
         MissingFiles(missing)  # an unknown policy fails here, not after reading every source
@@ -167,7 +173,12 @@ class FundusDataModule(L.LightningDataModule):
             train = [train[i] for i in sorted(order[n_val:])]
         if not self.sources["test"]:
             test = val
-        kept = [item for item in train if self.text.keep(item[1])]
+        kept = [
+            item
+            for item in train
+            if self.text.keep(item[1])
+            and not any(category_key(c) in self.held_out for c in item[1].categories)
+        ]
         if len(kept) < len(train):
             logger.info(
                 "dropped %d training records of held-out categories", len(train) - len(kept)

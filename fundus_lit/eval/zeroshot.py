@@ -92,6 +92,9 @@ class ZeroShot:
             name: float((preds[labels == k] == k).float().mean()) if (labels == k).any() else None
             for k, name in enumerate(self.classes)
         }
+        # per image, in test order: what a paired bootstrap over images (fundus-lit ablate) needs
+        result["targets"] = labels.tolist()
+        result["predictions"] = preds.tolist()
         result["n"] = int(known.sum())
         result["skipped"] = int((~known).sum())
         result["classes"] = self.classes
