@@ -192,3 +192,17 @@ def test_bad_configurations_and_missing_labels():
     batch.labels = None
     with pytest.raises(ValueError, match="per-sample label vectors"):
         WSCObjective(momentum=None)(encoder(batch), batch)
+
+
+def test_objective_without_fn_removal_is_clip_for_one_hot_labels():
+    """The module passes fn_removal through: the ablation recipe's setting reaches the loss."""
+    encoder = ToyEncoder()
+    batch = make_batch(0)
+    batch.labels = torch.eye(3)[torch.tensor([0, 1, 0, 2])]  # images 0 and 2 share their label
+    outputs = encoder(batch)
+    plain = WSCObjective(momentum=None, gamma=1.0, fn_removal=False)(outputs, batch)
+    removed = WSCObjective(momentum=None, gamma=1.0)(outputs, batch)
+    clip = clip_loss(outputs.image_emb, outputs.text_emb, outputs.scale)
+    assert plain.losses["loss"].item() == pytest.approx(clip.item(), abs=1e-6)
+    assert plain.scalars["false_negatives"] == 0 and removed.scalars["false_negatives"] == 2
+    assert removed.losses["loss"].item() != pytest.approx(clip.item(), abs=1e-6)
