@@ -42,6 +42,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check fundus_lit tests benchmarks
 	$(VENV)/bin/ruff format --check fundus_lit tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 # One table of ratios (each against a baseline measured in the same run); full outputs in
 # bench_logs/. BENCH_ARGS=--quick for a few-minute run.

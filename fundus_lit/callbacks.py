@@ -103,7 +103,7 @@ class ZeroShotEvaluation(L.Callback):
             return
         import torch
 
-        from fundus_lit.models.text import load_tokenizer
+        from fundus_lit.core.resolve import load_tokenizer
 
         emb, targets = torch.cat(self._emb), torch.cat(self._targets)
         if trainer.world_size > 1:

@@ -14,12 +14,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fundus_lit.core.checkpoint import read_checkpoint
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.eval.features import default_device
 from fundus_lit.eval.loading import load_encoder
 from fundus_lit.models.captioner import CaptionDecoder, decode
 from fundus_lit.models.dual_encoder import DualEncoder
-from fundus_lit.models.text import load_tokenizer
 
 EXTRA_STATE = "_extra_state"
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import Tensor
 
-from fundus_lit import __version__
 from fundus_lit.core.checkpoint import read_checkpoint
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import load_tokenizer
+from fundus_lit.core.version import __version__
 from fundus_lit.eval.loading import load_encoder
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.pretrained import (
     CONFIG,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fundus_lit import grad_cache as gc
+from fundus_lit.core.distributed import world
 from fundus_lit.core.quiet import quiet_eval_mode_warning
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.dual_encoder import DualEncoder, Projection
@@ -22,7 +23,6 @@ from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.objectives.base import Objective
 from fundus_lit.objectives.clip import CLIPObjective
-from fundus_lit.objectives.distributed import world
 from fundus_lit.optim import OptimConfig, adamw_with_schedule
 
 
@@ -185,7 +185,7 @@ class PretrainModule(L.LightningModule):
         """Name the missing, unexpected and mis-shaped keys when ``--ckpt_path`` was written by a
         different recipe than the config's, before Lightning's strict load lists them all."""
         if "state_dict" in checkpoint:
-            from fundus_lit.eval.loading import check_keys
+            from fundus_lit.core.checkpoint import check_keys
 
             found = checkpoint["state_dict"]
             # buffers sized from the first batch (ViLReF's label queue) are empty until then and

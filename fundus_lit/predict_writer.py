@@ -20,7 +20,7 @@ import numpy as np
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from fundus_lit.data.errors import ConfigError, DataError
+from fundus_lit.core.errors import ConfigError, DataError
 
 PREDICTIONS_FILE = "predictions.parquet"
 EMBEDDINGS = ("image_emb", "text_emb")

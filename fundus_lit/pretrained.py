@@ -23,13 +23,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.checkpoint import check_keys
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
-from fundus_lit.eval.loading import check_keys
 from fundus_lit.eval.zeroshot import ZeroShot
 from fundus_lit.models.dual_encoder import DualEncoder
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 
 FORMAT = "fundus-lit-dual-encoder"

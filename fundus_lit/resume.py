@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fundus_lit.objectives.distributed import world
+from fundus_lit.core.distributed import world
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fundus_lit.models.text import TextConfig, load_text_model, load_tokenizer
+from fundus_lit.core.resolve import load_tokenizer
+from fundus_lit.models.text import TextConfig, load_text_model
 from fundus_lit.models.text_weights import EXPORT_INFO
 from fundus_lit.module import _as
 from fundus_lit.optim import OptimConfig, adamw_with_schedule

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.models.captioner import CaptionDecoder, caption_loss, decode
-from fundus_lit.models.text import load_tokenizer
 
 VOCAB, FEATURES = 30522, 16
 CAPTIONS = [

@@ -11,13 +11,14 @@ from conftest import MINILM, tiny_fit_args
 
 from fundus_lit.captioning import decoder_state
 from fundus_lit.cli import main
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.batch import Batch
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.sources import SyntheticSource
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.models.captioner import CaptionDecoder, decode
 from fundus_lit.models.dual_encoder import DualEncoder
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.objectives import CaptionObjective
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.captions import CaptionCSVSource
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.synthetic import FundusSynth
 from fundus_lit.data.synthetic.atlas import atlas_caption, write_atlas_dataset
 from fundus_lit.data.synthetic.reports import IMPRESSION_NAMES

@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.connectors.checkpoint_connector import _Checkpoin
 
 from fundus_lit import load_pretrained
 from fundus_lit.cli import main
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from tests.test_export import tampered
 
 ROOT = Path(__file__).resolve().parents[1]

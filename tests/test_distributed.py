@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from fundus_lit.core.distributed import gather_no_grad, gather_with_grad
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.clip import CLIPObjective
-from fundus_lit.objectives.distributed import gather_no_grad, gather_with_grad
 from fundus_lit.objectives.flair import FLAIRObjective
 from fundus_lit.objectives.wsc import WSCObjective
 

@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 from fundus_lit.cli import cli_main, main
+from fundus_lit.core.errors import DataError
 from fundus_lit.data import FlairCSVSource, ImageFolderSource
-from fundus_lit.data.errors import DataError
 from fundus_lit.eval.casesearch import load_index
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,12 +20,13 @@ import fundus_lit
 from fundus_lit import FundusDataModule, PretrainModule, load_pretrained
 from fundus_lit.cli import main
 from fundus_lit.core.checkpoint import read_checkpoint
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.sources import SyntheticSource, read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.loading import load_encoder
 from fundus_lit.eval.zeroshot import ZeroShot
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 
 SIZE, LENGTH = 64, 32

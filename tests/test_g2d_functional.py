@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 
+from fundus_lit.core.dice import dice_bce_loss
 from fundus_lit.models.attention_pool import AttentionPool, grid_tokens, vit_grid
 from fundus_lit.objectives.g2d_functional import (
     PRESETS,
     bilateral_smooth,
-    dice_bce_loss,
     fov_mask,
     gaussian_smooth,
     pseudo_masks,

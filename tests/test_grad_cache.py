@@ -15,10 +15,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 import fundus_lit.grad_cache as gc
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.batch import Batch
 from fundus_lit.models import TextConfig, VisionConfig
 from fundus_lit.models.outputs import ModelOutputs
-from fundus_lit.models.text import load_tokenizer
 from fundus_lit.module import PretrainModule
 from fundus_lit.objectives import (
     CaptionObjective,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fundus_lit.commands.labels import run as labels_command
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.labels import Extraction, LabelExtractor, label_vocabulary, multi_hot
 from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import parse_list_cell

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from fundus_lit.core.resolve import ModelNotFoundError, load_tokenizer, resolve_reference
 from fundus_lit.models import DualEncoder, TextConfig, VisionConfig
-from fundus_lit.models.resolve import ModelNotFoundError, resolve_reference
-from fundus_lit.models.text import load_tokenizer, pool
+from fundus_lit.models.text import pool
 from tests.conftest import MINILM
 
 

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file, save_file
 
 from fundus_lit.cli import cli_main, main
+from fundus_lit.core.resolve import ModelNotFoundError
 from fundus_lit.data import (
     CaptionCSVSource,
     DataError,
@@ -25,7 +26,6 @@ from fundus_lit.data import (
     TextSource,
 )
 from fundus_lit.knowledge import KnowledgeBase
-from fundus_lit.models.resolve import ModelNotFoundError
 from fundus_lit.models.text import TextConfig, TextTower, load_text_model
 from fundus_lit.models.text_weights import load_stage0_weights
 from fundus_lit.optim import OptimConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from fundus_lit.captioning import load_captioner
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 

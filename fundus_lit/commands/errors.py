@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fundus_lit.data.errors import ConfigError, DataError
-from fundus_lit.models.resolve import ModelNotFoundError
+from fundus_lit.core.errors import ConfigError, DataError
+from fundus_lit.core.resolve import ModelNotFoundError
 
 
 def user_error(err: BaseException | None) -> BaseException | None:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.labels import Extraction, LabelExtractor
 
 _STATUSES = ("positive", "negated", "uncertain")

@@ -14,8 +14,8 @@ from typing import Literal
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.datamodule import FundusDataModule
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.prepared import PreparedSource, prepare
 
 SPLITS = ("train", "val", "test", "expert")

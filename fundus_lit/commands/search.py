@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 
 
 def build_parser() -> ArgumentParser:

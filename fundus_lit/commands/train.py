@@ -1,6 +1,6 @@
 """The trainer verbs ``fit``, ``validate``, ``test`` and ``predict``: :class:`FundusLitCLI`, the
 LightningCLI that owns their parsing (links, checkpoint callbacks, ``--ckpt_path``, precision) and
-maps a value a class refuses to a :class:`~fundus_lit.data.errors.ConfigError` naming its key.
+maps a value a class refuses to a :class:`~fundus_lit.core.errors.ConfigError` naming its key.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from fundus_lit.commands.errors import user_error
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.compose import resolve_cli_args
 from fundus_lit.core.config_errors import exit_on_parse_error
+from fundus_lit.core.errors import ConfigError
 from fundus_lit.core.precision import cpu_precision, runs_on_cpu
 from fundus_lit.core.quiet import quiet_library_warnings
-from fundus_lit.data.errors import ConfigError
 from fundus_lit.resume import (
     AtomicCheckpointIO,
     BestAndLastCheckpoint,

@@ -1,5 +1,6 @@
 """Data layer: records, sources, text builders, transforms, samplers and the DataModule."""
 
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.batch import Batch
 from fundus_lit.data.captions import CaptionCSVSource
 from fundus_lit.data.corpus import (
@@ -10,7 +11,6 @@ from fundus_lit.data.corpus import (
     TextSource,
 )
 from fundus_lit.data.datamodule import FundusDataModule
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.hf_source import HFDatasetSource
 from fundus_lit.data.prepared import PreparedSource
 from fundus_lit.data.records import FundusRecord

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 
 __all__ = [
     "BadInputError",

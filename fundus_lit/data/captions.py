@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import CSVSource, parse_list_cell
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.dataset import Tokenizing
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.resumable import ResumableLoader
 from fundus_lit.data.samplers import EpochSampler, permutation
 from fundus_lit.data.sources import Source

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.bad_input import (
     BadInputPolicy,
     MissingFiles,
@@ -19,7 +20,6 @@ from fundus_lit.data.bad_input import (
 )
 from fundus_lit.data.batch import Batch
 from fundus_lit.data.dataset import Collator, PairedCollator, PairedDataset, RecordDataset
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.resumable import ResumableLoader
 from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler, permutation

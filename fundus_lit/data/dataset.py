@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.bad_input import NO_TEXT, BadInputPolicy, BadSample, InputScreen, image_reason
 from fundus_lit.data.batch import Batch
-from fundus_lit.data.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source
 from fundus_lit.data.text import NoTextError, TextBuilder
@@ -123,7 +123,7 @@ class Tokenizing:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from fundus_lit.models.text import load_tokenizer
+            from fundus_lit.core.resolve import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import hub_offline
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source, draft, parse_list_cell
-from fundus_lit.models.resolve import hub_offline
 
 if TYPE_CHECKING:
     import datasets

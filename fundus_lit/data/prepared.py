@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.hf_source import decode_image
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source

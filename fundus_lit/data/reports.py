@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.labels import LabelExtractor, multi_hot
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import CSVSource, parse_list_cell

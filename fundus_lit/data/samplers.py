@@ -9,7 +9,7 @@ from itertools import islice
 import torch
 from torch.utils.data import DistributedSampler
 
-from fundus_lit.objectives.distributed import world
+from fundus_lit.core.distributed import world
 
 
 class EpochSampler(DistributedSampler):

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from PIL import Image
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
 
 

@@ -10,7 +10,7 @@ import logging
 import random
 import re
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.knowledge.keys import category_key
 

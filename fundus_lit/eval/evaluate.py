@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fundus_lit.core.checkpoint import read_checkpoint
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.eval.features import Features, extract_features
 from fundus_lit.eval.loading import instantiate_for_model, load_encoder

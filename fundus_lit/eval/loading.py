@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from fundus_lit.core.checkpoint import read_checkpoint
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.checkpoint import check_keys, read_checkpoint
+from fundus_lit.core.errors import DataError
 from fundus_lit.models.dual_encoder import DualEncoder
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
@@ -40,34 +40,6 @@ def load_encoder(path: str | Path, ckpt: dict | None = None) -> tuple[DualEncode
     encoder.load_state_dict(state)
     encoder.eval()
     return encoder, hp
-
-
-def check_keys(source: str, target: str, expected: dict, found: dict, shown: int = 8) -> None:
-    """Refuse weights (``source``) that do not fit the model built from a config (``target``).
-
-    PyTorch's message lists hundreds of keys in one line; this one names the first few missing
-    and unexpected keys and the shape mismatches, which is what tells a user which tower differs.
-    """
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        # tensors only: a module's extra state (the caption decoder's config) is checked by it
-        if k in found and hasattr(v, "shape") and tuple(found[k].shape) != tuple(v.shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = [f"{source} does not match {target}:"]
-    for title, keys in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if keys:
-            more = f" ... and {len(keys) - shown} more" if len(keys) > shown else ""
-            parts.append(f"  {len(keys)} {title}: {', '.join(keys[:shown])}{more}")
-    raise DataError("\n".join(parts))
 
 
 def instantiate_for_model(parser, cfg, hp: dict):

@@ -19,14 +19,14 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from fundus_lit.data.errors import DataError
+from fundus_lit.core.dice import dice_bce_loss
+from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source
 from fundus_lit.data.transforms import fov_bbox, pad_resize
 from fundus_lit.eval.features import default_device
 from fundus_lit.models.decoders import build_decoder
 from fundus_lit.models.dual_encoder import DualEncoder
-from fundus_lit.objectives.g2d_functional import dice_bce_loss
 
 logger = logging.getLogger(__name__)
 Items = list[tuple[Source, FundusRecord]]

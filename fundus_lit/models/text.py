@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,10 +10,9 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from fundus_lit.models.resolve import (
-    HUB_OFFLINE_HINT,
-    ModelNotFoundError,
-    hub_offline,
+from fundus_lit.core.resolve import (
+    load_error,
+    needs_hub,
     optional_path,
     resolve_reference,
 )
@@ -62,35 +60,11 @@ class TextConfig:
         self.init_weights = optional_path(self.init_weights)
 
 
-def _load_error(name: str, err: Exception) -> ModelNotFoundError:
-    return ModelNotFoundError(
-        f"could not load transformers model {name!r}: {str(err).splitlines()[0]} "
-        + HUB_OFFLINE_HINT
-    )
-
-
-def _needs_hub(name: str, path: str) -> bool:
-    """A reference that is neither a package folder nor an existing local folder is a hub id,
-    which cannot load while the hub is switched off."""
-    return path == name and not os.path.exists(path) and hub_offline()
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    """The tokenizer of a text tower reference (used by the data module's collate function)."""
-    path = resolve_reference(name)
-    if _needs_hub(name, path):
-        raise _load_error(name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
-    try:
-        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise _load_error(name, err) from err
-
-
 def load_text_model(cfg: TextConfig) -> nn.Module:
     """The transformers encoder ``cfg.name`` names, with ``cfg.init_weights`` loaded over it."""
     path = resolve_reference(cfg.name)
-    if _needs_hub(cfg.name, path):
-        raise _load_error(cfg.name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
+    if needs_hub(cfg.name, path):
+        raise load_error(cfg.name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
     # a per-tensor progress bar on every run's stderr; local folders load in about a second
     transformers.utils.logging.disable_progress_bar()
     try:
@@ -104,7 +78,7 @@ def load_text_model(cfg: TextConfig) -> nn.Module:
             )
             model = transformers.AutoModel.from_config(config)
     except (OSError, ValueError) as err:
-        raise _load_error(cfg.name, err) from err
+        raise load_error(cfg.name, err) from err
     if cfg.init_weights:
         from fundus_lit.models.text_weights import load_stage0_weights
 

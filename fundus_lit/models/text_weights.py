@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fundus_lit.data.errors import DataError
-from fundus_lit.models.resolve import ModelNotFoundError
+from fundus_lit.core.errors import DataError
+from fundus_lit.core.resolve import ModelNotFoundError
 
 __all__ = ["EXPORT_INFO", "STAGE0_COMMAND", "load_stage0_weights", "read_stage0_weights"]
 
@@ -123,7 +123,7 @@ def load_stage0_weights(model: nn.Module, path: str | Path, name: str) -> None:
     Raises :class:`ModelNotFoundError` when the path holds no weights or they belong to another
     architecture, naming both models and the first differing keys.
     """
-    from fundus_lit.eval.loading import check_keys
+    from fundus_lit.core.checkpoint import check_keys
 
     state, info = read_stage0_weights(path)
     state = _align_prefix(state, model)

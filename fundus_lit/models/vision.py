@@ -9,14 +9,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from fundus_lit.models.attention_pool import AttentionPool, grid_tokens
-from fundus_lit.models.resolve import (
+from fundus_lit.core.resolve import (
     HUB_OFFLINE_HINT,
     ModelNotFoundError,
     hub_offline,
     optional_path,
     resolve_reference,
 )
+from fundus_lit.models.attention_pool import AttentionPool, grid_tokens
 from fundus_lit.models.tower import Tower, compile_in_place
 
 

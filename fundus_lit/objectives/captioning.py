@@ -77,8 +77,8 @@ class CaptionObjective(Objective):
         self.decoder: CaptionDecoder | None = None
 
     def attach(self, encoder: DualEncoder, batch_size: int) -> None:
+        from fundus_lit.core.resolve import load_tokenizer
         from fundus_lit.models.decoders import feature_channels_and_strides
-        from fundus_lit.models.text import load_tokenizer
 
         cfg = encoder.text.cfg
         tokenizer = load_tokenizer(cfg.name, cfg.trust_remote_code)

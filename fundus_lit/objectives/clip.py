@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fundus_lit.core.distributed import gather_with_grad
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
-from fundus_lit.objectives.distributed import gather_with_grad
 from fundus_lit.objectives.functional import soft_clip_loss
 
 

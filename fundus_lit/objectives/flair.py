@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from fundus_lit.core.distributed import gather_no_grad
 from fundus_lit.data.batch import Batch
 from fundus_lit.objectives.clip import CLIPObjective
-from fundus_lit.objectives.distributed import gather_no_grad
 from fundus_lit.objectives.functional import category_ids, category_targets
 
 

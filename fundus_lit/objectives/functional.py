@@ -196,4 +196,5 @@ def wsc_loss(
 
 # G2D's pseudo masks and segmentation loss live in their own module (smoothing, presets);
 # re-exported here so every objective's functional form is importable from one place.
-from fundus_lit.objectives.g2d_functional import dice_bce_loss, pseudo_masks  # noqa: E402, F401
+from fundus_lit.core.dice import dice_bce_loss  # noqa: E402, F401
+from fundus_lit.objectives.g2d_functional import pseudo_masks  # noqa: E402, F401

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fundus_lit.core.dice import DiceInput
+
 Smoothing = Literal["none", "gaussian", "bilateral"]
-DiceInput = Literal["probs", "logits"]
 
 
 @dataclass(frozen=True)
@@ -249,33 +250,3 @@ def _smooth(
             guide = _as_size(guide.to(torch.float32) / scale, size, "bilinear")
         return bilateral_smooth(mask, guide, sigma, sigma_range)
     raise ValueError(f"unknown smoothing {smoothing!r}; expected none, gaussian or bilateral")
-
-
-def dice_bce_loss(
-    logits: Tensor,
-    target: Tensor,
-    w_dice: float = 0.5,
-    w_bce: float = 0.5,
-    *,
-    dice_on: DiceInput = "probs",
-    eps: float = 1e-6,
-) -> Tensor:
-    """``L_PS = w_dice (1 - Dice(sigmoid(P), M)) + w_bce BCEWithLogits(P, M)`` (spec section 4).
-
-    Dice is ``(2 sum PM + eps) / (sum P + sum M + eps)`` per image, averaged over the batch; BCE is
-    the mean over all pixels. ``dice_on="logits"`` is the "code" preset's Dice on raw logits, kept
-    for reproduction only: its denominator can approach 0 or turn negative.
-    """
-    if logits.shape != target.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape"
-        )
-    if dice_on not in ("probs", "logits"):
-        raise ValueError(f"unknown dice_on {dice_on!r}; expected probs or logits")
-    target = target.to(logits.dtype)
-    pred = torch.sigmoid(logits) if dice_on == "probs" else logits
-    inter = (pred * target).flatten(1).sum(dim=1)
-    total = pred.flatten(1).sum(dim=1) + target.flatten(1).sum(dim=1)
-    dice = (2 * inter + eps) / (total + eps)
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    return w_dice * (1 - dice.mean()) + w_bce * bce

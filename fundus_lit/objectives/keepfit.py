@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fundus_lit.core.distributed import gather_with_grad
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
-from fundus_lit.objectives.distributed import gather_with_grad
 
 if TYPE_CHECKING:
     from fundus_lit.models.dual_encoder import DualEncoder

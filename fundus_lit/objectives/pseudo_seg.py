@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from fundus_lit.core.dice import dice_bce_loss
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.decoders import build_decoder
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
-from fundus_lit.objectives.g2d_functional import PRESETS, dice_bce_loss, fov_mask, pseudo_masks
+from fundus_lit.objectives.g2d_functional import PRESETS, fov_mask, pseudo_masks
 
 if TYPE_CHECKING:
     from fundus_lit.models.dual_encoder import DualEncoder

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from fundus_lit.core.distributed import gather_no_grad, gather_with_grad, rank_offset
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
-from fundus_lit.objectives.distributed import gather_no_grad, gather_with_grad, rank_offset
 from fundus_lit.objectives.functional import wsc_direction
 
 if TYPE_CHECKING:

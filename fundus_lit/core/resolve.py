@@ -58,3 +58,29 @@ def optional_path(value: str | None) -> str | None:
     if value is None or value.strip() in {"", "None", "null"}:
         return None
     return value
+
+
+def load_error(name: str, err: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"could not load transformers model {name!r}: {str(err).splitlines()[0]} "
+        + HUB_OFFLINE_HINT
+    )
+
+
+def needs_hub(name: str, path: str) -> bool:
+    """A reference that is neither a package folder nor an existing local folder is a hub id,
+    which cannot load while the hub is switched off."""
+    return path == name and not os.path.exists(path) and hub_offline()
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer of a text tower reference (used by the data module's collate function)."""
+    path = resolve_reference(name)
+    if needs_hub(name, path):
+        raise load_error(name, OSError("HF_HUB_OFFLINE is set and this is not a local path."))
+    import transformers  # lazy: resolving a reference must not import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise load_error(name, err) from err
