@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fundus_lit.models.outputs import ModelOutputs
-from fundus_lit.objectives.functional import clip_loss, label_similarity, wsc_loss
+from fundus_lit.objectives.functional import clip_loss, label_similarity, wsc_loss, wsc_weights
 from fundus_lit.objectives.wsc import WSCObjective
 
 U = torch.tensor([(1, 0), (0.6, 0.8), (0.28, 0.96), (-0.8, 0.6)], dtype=torch.float64)
@@ -40,6 +40,18 @@ def test_label_similarity_treats_empty_sets():
     y = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
     a = label_similarity(y, y)
     assert a[0, 1] == 1 and a[0, 2] == 0 and a[2, 3] == pytest.approx(2**-0.5)
+
+
+def test_identical_label_sets_of_any_size_have_similarity_exactly_one():
+    """Found while writing docs/objectives.md: with sqrt(n_i) * sqrt(n_j) in the denominator an
+    identical set of 6, 11, 14, ... labels scored 1 - 1e-7 < delta and escaped removal."""
+    for n in range(1, 40):
+        y = torch.zeros(2, 40)
+        y[:, :n] = 1
+        a = label_similarity(y, y)
+        assert (a == 1).all(), n
+        weights = wsc_weights(a, torch.arange(2), gamma=1.0, fn_threshold=1.0)
+        assert weights[0, 1] == 0 and weights[1, 0] == 0, n
 
 
 def test_gamma0_without_removal_is_clip_in_value_and_gradient():

@@ -110,8 +110,12 @@ def label_similarity(rows: Tensor, cols: Tensor) -> Tensor:
     unrelated (0): reports without findings are alike, and unlike any with findings.
     """
     rows, cols = rows.float(), cols.float()
-    rn, cn = rows.norm(dim=1), cols.norm(dim=1)
-    sim = (rows @ cols.t()) / (rn[:, None] * cn[None, :]).clamp_min(1e-12)
+    rn, cn = rows.pow(2).sum(dim=1), cols.pow(2).sum(dim=1)  # squared norms: label counts
+    # sqrt(n_i * n_j), not sqrt(n_i) * sqrt(n_j): for multi-hot rows the product is an exact
+    # integer and an identical set of n labels gives sqrt(n^2) = n exactly, so A_ij = 1 and the
+    # pair meets delta = 1 (with the two roots, sets of 6, 11, 14, ... labels came out 1 - 1e-7
+    # and were neither removed nor counted as false negatives)
+    sim = (rows @ cols.t()) / (rn[:, None] * cn[None, :]).sqrt().clamp_min(1e-12)
     both_empty = (rn[:, None] == 0) & (cn[None, :] == 0)
     return torch.where(both_empty, torch.ones_like(sim), sim)
 
