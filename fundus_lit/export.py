@@ -10,7 +10,6 @@ transformers config. :func:`fundus_lit.load_pretrained` reads it back.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -21,8 +20,7 @@ from fundus_lit.core.errors import DataError
 from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.core.version import __version__
 from fundus_lit.eval.loading import load_encoder
-from fundus_lit.models.text import TextConfig
-from fundus_lit.models.vision import VisionConfig
+from fundus_lit.models.dual_encoder import DualEncoderConfig
 from fundus_lit.pretrained import (
     CONFIG,
     FORMAT,
@@ -44,27 +42,15 @@ def export_config(hp: dict, ckpt: Path, crop_fov: bool) -> dict:
     pretrained downloads, local weight files and compilation switched off (the weights are in the
     export; the using machine may lack a compiler), and the text model redirected to the
     export's own folder (the original reference is kept as ``source_text_model``)."""
-    vision = replace(VisionConfig(**hp["vision"]), pretrained=False, weights=None, compile=False)
-    text = replace(
-        TextConfig(**hp["text"]),
-        name=TEXT_CONFIG,
-        pretrained=False,
-        init_weights=None,
-        compile=False,
-    )
+    encoder = DualEncoderConfig.from_dict(hp).for_saved_weights(text_name=TEXT_CONFIG)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fundus_lit_version": __version__,
         "source_checkpoint": ckpt.name,
         "source_text_model": hp["text"]["name"],
-        "vision": asdict(vision),
-        "text": asdict(text),
-        "embed_dim": hp["embed_dim"],
-        "image_size": hp["image_size"],
-        "projection": hp.get("projection", "linear"),
-        "temperature": hp.get("temperature", 0.07),
-        "preprocessing": {"crop_fov": crop_fov, "image_size": hp["image_size"]},
+        **encoder.to_dict(),
+        "preprocessing": {"crop_fov": crop_fov, "image_size": encoder.image_size},
     }
 
 

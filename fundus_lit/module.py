@@ -14,21 +14,17 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fundus_lit import grad_cache as gc
+from fundus_lit.core.dataclasses import as_dataclass
 from fundus_lit.core.distributed import world
 from fundus_lit.core.quiet import quiet_eval_mode_warning
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.dual_encoder import DualEncoder, Projection
+from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig, Projection
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.objectives.base import Objective
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.optim import OptimConfig, adamw_with_schedule
-
-
-def _as(cls: type, value: Any) -> Any:
-    """Accept a config dataclass or its dict (as stored in checkpoint hyper-parameters)."""
-    return cls(**value) if isinstance(value, dict) else value
 
 
 def full_precision(outputs: ModelOutputs) -> ModelOutputs:
@@ -112,16 +108,22 @@ class PretrainModule(L.LightningModule):
         self.grad_cache = grad_cache or 0
         if self.grad_cache:  # before the towers load: a refused recipe fails fast
             gc.check_objectives(objectives or [])
-        vision, text = _as(VisionConfig, vision), _as(TextConfig, text)
-        self.optim = _as(OptimConfig, optim)
+        config = DualEncoderConfig(
+            as_dataclass(VisionConfig, vision),
+            as_dataclass(TextConfig, text),
+            embed_dim,
+            image_size,
+            projection,
+            temperature,
+        )
+        self.optim = as_dataclass(OptimConfig, optim)
         # Plain dicts keep checkpoints loadable with weights_only=True.
         self.save_hyperparameters(
-            {"vision": asdict(vision), "text": asdict(text), "optim": asdict(self.optim)}
-            | {"embed_dim": embed_dim, "image_size": image_size, "batch_size": batch_size}
-            | {"projection": projection, "temperature": temperature, "grad_cache": grad_cache}
+            config.to_dict()
+            | {"optim": asdict(self.optim), "batch_size": batch_size, "grad_cache": grad_cache}
             | {"max_nonfinite_steps": max_nonfinite_steps}
         )
-        self.encoder = DualEncoder(vision, text, embed_dim, image_size, projection, temperature)
+        self.encoder = DualEncoder.from_config(config)
         objectives = list(objectives) if objectives else [CLIPObjective()]
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):

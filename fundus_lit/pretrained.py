@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,7 @@ from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.zeroshot import ZeroShot
-from fundus_lit.models.dual_encoder import DualEncoder
-from fundus_lit.models.text import TextConfig
-from fundus_lit.models.vision import VisionConfig
+from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig
 
 FORMAT = "fundus-lit-dual-encoder"
 FORMAT_VERSION = 1
@@ -263,27 +260,14 @@ def read_export_config(folder: Path) -> dict:
     return config
 
 
-def _configs(folder: Path, config: dict) -> tuple[VisionConfig, TextConfig]:
-    """Tower configs with every download and external file switched off; the text model comes
-    from the export's own ``text_config/``."""
-    path = folder / CONFIG
+def _encoder_config(folder: Path, config: dict) -> DualEncoderConfig:
+    """The export's encoder config with every download and external file switched off; the
+    text model comes from the export's own ``text_config/``."""
     try:
-        vision = VisionConfig(**_known(VisionConfig, config["vision"]))
-        text = TextConfig(**_known(TextConfig, config["text"]))
+        encoder = DualEncoderConfig.from_dict(config)
     except TypeError as err:
-        raise DataError(f"{path}: bad tower config: {err}") from err
-    vision = replace(vision, pretrained=False, weights=None)
-    text = replace(text, name=str(folder / TEXT_CONFIG), pretrained=False, init_weights=None)
-    return vision, text
-
-
-def _known(cls: type, values: Any) -> dict:
-    """The keys of ``values`` that ``cls`` has: an export written by a later fundus-lit with a
-    new, defaulted setting still loads."""
-    if not isinstance(values, dict):
-        raise TypeError(f"{cls.__name__} must be a mapping, got {type(values).__name__}")
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
+        raise DataError(f"{folder / CONFIG}: bad tower config: {err}") from err
+    return encoder.for_saved_weights(text_name=str(folder / TEXT_CONFIG))
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
@@ -306,15 +290,9 @@ def load_pretrained(
     """
     folder = Path(path)
     config = read_export_config(folder)
-    vision, text = _configs(folder, config)
-    encoder = DualEncoder(
-        vision,
-        text,
-        config["embed_dim"],
-        config["image_size"],
-        config.get("projection", "linear"),
-        config.get("temperature", 0.07),
-    )
+    encoder_config = _encoder_config(folder, config)
+    text = encoder_config.text
+    encoder = DualEncoder.from_config(encoder_config)
     weights = folder / WEIGHTS
     state = load_weights(weights)
     check_keys(

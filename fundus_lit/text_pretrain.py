@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fundus_lit.core.dataclasses import as_dataclass
 from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.models.text import TextConfig, load_text_model
 from fundus_lit.models.text_weights import EXPORT_INFO
-from fundus_lit.module import _as
 from fundus_lit.optim import OptimConfig, adamw_with_schedule
 
 __all__ = ["MLMHead", "TextPretrainModule", "export_text_tower", "mask_tokens"]
@@ -166,7 +166,7 @@ class TextPretrainModule(L.LightningModule):
         save_dir: str | None = None,
     ) -> None:
         super().__init__()
-        text, self.optim = _as(TextConfig, text), _as(OptimConfig, optim)
+        text, self.optim = as_dataclass(TextConfig, text), as_dataclass(OptimConfig, optim)
         if text.freeze:
             raise ValueError("text.freeze is true: a frozen text tower cannot be pretrained")
         if not 0.0 < mask_prob < 1.0:

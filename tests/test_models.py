@@ -176,3 +176,28 @@ def test_the_unused_bert_pooler_is_not_trained():
     tower = DualEncoder(VisionConfig(name="test_resnet"), TextConfig(name=MINILM), 16, 64).text
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     assert trainable and not any(".pooler." in f".{n}" for n in trainable)
+
+
+def test_dual_encoder_config_round_trips_and_rebuilds_the_same_model():
+    from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig
+
+    config = DualEncoderConfig(
+        VisionConfig("test_resnet", pretrained=False, compile=True),
+        TextConfig(MINILM, pooling="mean", max_length=16),
+        embed_dim=32,
+        image_size=64,
+        projection="mlp",
+        temperature=0.05,
+    )
+    data = config.to_dict()
+    assert DualEncoderConfig.from_dict(data | {"batch_size": 8, "optim": {}}) == config
+    saved = config.for_saved_weights(text_name="/export/text_config")
+    assert not saved.vision.compile and not saved.text.pretrained
+    assert saved.text.name == "/export/text_config" and saved.embed_dim == 32
+    a = DualEncoder.from_config(config.for_saved_weights())
+    assert a.config == config.for_saved_weights()
+    b = DualEncoder.from_config(DualEncoderConfig.from_dict(a.config.to_dict()))
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(a.state_dict()[k].shape == v.shape for k, v in b.state_dict().items())
+    with pytest.raises(TypeError, match="VisionConfig must be a mapping"):
+        DualEncoderConfig.from_dict({"vision": "resnet18"})

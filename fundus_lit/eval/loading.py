@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from fundus_lit.core.checkpoint import check_keys, read_checkpoint
 from fundus_lit.core.errors import DataError
-from fundus_lit.models.dual_encoder import DualEncoder
-from fundus_lit.models.text import TextConfig
-from fundus_lit.models.vision import VisionConfig
+from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig
 
 
 def load_encoder(path: str | Path, ckpt: dict | None = None) -> tuple[DualEncoder, dict]:
@@ -24,11 +21,7 @@ def load_encoder(path: str | Path, ckpt: dict | None = None) -> tuple[DualEncode
     hp = ckpt.get("hyper_parameters", {})
     if "vision" not in hp or "text" not in hp:
         raise DataError(f"checkpoint {path} was not written by fundus-lit's PretrainModule")
-    vision = replace(VisionConfig(**hp["vision"]), pretrained=False, weights=None)
-    text = replace(TextConfig(**hp["text"]), pretrained=False, init_weights=None)
-    encoder = DualEncoder(
-        vision, text, hp["embed_dim"], hp["image_size"], hp["projection"], hp["temperature"]
-    )
+    encoder = DualEncoder.from_config(DualEncoderConfig.from_dict(hp).for_saved_weights())
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     check_keys(

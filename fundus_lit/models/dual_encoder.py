@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fundus_lit.core.dataclasses import known_fields
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.models.text import TextConfig, TextTower
 from fundus_lit.models.vision import VisionConfig, VisionTower
@@ -21,6 +23,50 @@ def projection_head(in_dim: int, out_dim: int, kind: Projection) -> nn.Module:
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
     return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+
+
+@dataclass
+class DualEncoderConfig:
+    """Everything that determines a :class:`DualEncoder`'s architecture, in one place.
+
+    Training saves :meth:`to_dict` in the checkpoint's hyper-parameters and the export writes it
+    to ``config.json``; evaluation, ``load_pretrained`` and export rebuild the model with
+    :meth:`from_dict` and :meth:`DualEncoder.from_config`. A new encoder argument is one field
+    here, not an edit in every place that rebuilds a model.
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512
+    image_size: int = 224
+    projection: Projection = "linear"
+    temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vision, VisionConfig):  # a mapping; anything else is refused
+            self.vision = VisionConfig(**known_fields(VisionConfig, self.vision))
+        if not isinstance(self.text, TextConfig):
+            self.text = TextConfig(**known_fields(TextConfig, self.text))
+
+    def to_dict(self) -> dict:
+        """Plain values only, so a checkpoint holding it loads with ``weights_only=True``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DualEncoderConfig:
+        """From :meth:`to_dict`'s output, a checkpoint's hyper-parameters or an export's config
+        (keys that are not encoder settings are ignored; missing ones take their defaults)."""
+        return cls(**known_fields(cls, values))
+
+    def for_saved_weights(self, text_name: str | None = None) -> DualEncoderConfig:
+        """The same architecture with every download, local weight file and compilation off: what
+        rebuilding a model whose weights come from a checkpoint or an export needs. ``text_name``
+        points the text tower at another folder (an export's own text config)."""
+        vision = replace(self.vision, pretrained=False, weights=None, compile=False)
+        text = replace(self.text, pretrained=False, init_weights=None, compile=False)
+        if text_name is not None:
+            text = replace(text, name=text_name)
+        return replace(self, vision=vision, text=text)
 
 
 class DualEncoder(nn.Module):
@@ -53,6 +99,20 @@ class DualEncoder(nn.Module):
         self.image_proj = projection_head(self.vision.num_features, embed_dim, projection)
         self.text_proj = projection_head(self.text.num_features, embed_dim, projection)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.config = DualEncoderConfig(
+            vision, text, embed_dim, image_size, projection, temperature
+        )
+
+    @classmethod
+    def from_config(cls, config: DualEncoderConfig) -> DualEncoder:
+        return cls(
+            config.vision,
+            config.text,
+            config.embed_dim,
+            config.image_size,
+            config.projection,
+            config.temperature,
+        )
 
     def scale(self) -> Tensor:
         return self.logit_scale.clamp(0.0, MAX_LOG_SCALE).exp()
