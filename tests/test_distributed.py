@@ -1,6 +1,6 @@
-"""Distributed rule of the spec: 2 gloo processes on CPU equal one process on the whole batch,
-in loss and in gradients (DDP averages the per-rank gradients, as in training), for CLIP and for
-FLAIR with its categories gathered across ranks."""
+"""Distributed rule (docs/objectives.md §8): 2 gloo processes on CPU equal one process on the whole
+batch, in loss and in gradients (DDP averages the per-rank gradients, as in training), for CLIP and
+for FLAIR with its categories gathered across ranks."""
 
 import os
 import socket

@@ -1,4 +1,4 @@
-"""clip_loss against the reference numbers of specs/objectives.md (computed in float64)."""
+"""clip_loss against the reference numbers of docs/objectives.md (computed in float64)."""
 
 import math
 

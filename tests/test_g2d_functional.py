@@ -1,4 +1,4 @@
-"""G2D pseudo masks, pseudo-segmentation loss and attention pool against spec section 4."""
+"""G2D pseudo masks, pseudo-segmentation loss and attention pool against docs/objectives.md §4."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def reference_grid(heads: int = 2) -> torch.Tensor:
-    """The spec's 8 x 8 grid of 64 distinct increasing values, split over heads whose mean is
-    still increasing."""
+    """The 8 x 8 reference grid of docs/objectives.md §4 of 64 distinct increasing values, split
+    over heads whose mean is still increasing."""
     base = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
     return torch.cat([base * (h + 1) for h in range(heads)], dim=1) / 100
 
@@ -48,7 +48,7 @@ def test_reference_non_strict_keeps_top_10_cells(device):
     assert torch.equal(masks.cpu(), top_cells(10))
 
 
-def test_presets_follow_the_spec():
+def test_presets_follow_the_published_settings():
     paper, code = PRESETS["paper"], PRESETS["code"]
     assert (paper.strict, paper.w_dice, paper.w_bce, paper.dice_on) == (False, 0.5, 0.5, "probs")
     assert (code.strict, code.w_bce, code.dice_on, code.warmup_steps) == (True, 0.2, "logits", 200)

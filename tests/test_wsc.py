@@ -1,5 +1,5 @@
-"""WSC (ViLReF, spec section 3): reference numbers, the CLIP invariant, momentum keys and queue
-without gradient, FIFO queue contents, and an exact checkpoint round trip."""
+"""WSC (ViLReF, docs/objectives.md §3): reference numbers, the CLIP invariant, momentum keys and
+queue without gradient, FIFO queue contents, and an exact checkpoint round trip."""
 
 from types import SimpleNamespace
 
@@ -26,8 +26,9 @@ def test_reference_values():
 
 
 def test_fn_removal_is_separable_from_the_weighting():
-    """Spec section 3, gamma = 1, delta = 1: with removal an identical label set weighs 0; without
-    it such a pair is a plain negative, and for one-hot labels every weight is then 1 (CLIP)."""
+    """docs/objectives.md §3, gamma = 1, delta = 1: with removal an identical label set weighs 0;
+    without it such a pair is a plain negative, and for one-hot labels every weight is then 1
+    (CLIP)."""
     one_hot = torch.stack([E[0], E[1], E[0], E[2]])
     kept = wsc_loss(U, V, S, one_hot, gamma=1.0, fn_threshold=1.0, fn_removal=True)
     plain = wsc_loss(U, V, S, one_hot, gamma=1.0, fn_threshold=1.0, fn_removal=False)

@@ -1,9 +1,9 @@
 """Gathering across ranks for contrastive objectives.
 
-The rule of the spec: every rank sees the embeddings of all ranks, and gradients flow back to the
-rank that produced each slice, so R ranks with B samples each compute, in value and in gradient,
-the loss of one process on the R*B batch. Ranks may hold different batch sizes (a last, short
-validation batch); slices are padded for the collective and trimmed again.
+The rule of docs/objectives.md §8: every rank sees the embeddings of all ranks, and gradients flow
+back to the rank that produced each slice, so R ranks with B samples each compute, in value and in
+gradient, the loss of one process on the R*B batch. Ranks may hold different batch sizes (a last,
+short validation batch); slices are padded for the collective and trimmed again.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The report CSV reader: images with free-text reports, labelled as given or by the extractor.
 
-Layout (the spec's "Report datasets"): ``image,report[,labels]``; ``labels`` is a Python-literal
+Layout (README, "Data formats"): ``image,report[,labels]``; ``labels`` is a Python-literal
 list of label names. Other columns, an unnamed pandas index included, are ignored.
 """
 

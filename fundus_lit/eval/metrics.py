@@ -1,4 +1,4 @@
-"""Classification metrics of the spec (section 6), computed with torchmetrics."""
+"""Classification metrics of docs/objectives.md §6, computed with torchmetrics."""
 
 from __future__ import annotations
 

@@ -28,17 +28,19 @@ _warned: set[str] = set()
 
 @dataclass
 class ProbeConfig:
-    """Linear-probe settings (spec: C = 0.316, balanced class weights, 1/5/10 shots, 5 seeds).
+    """Linear-probe settings (docs/objectives.md §6: C = 0.316, balanced class weights, 1/5/10
+    shots, 5 seeds).
 
     Attributes:
         features: Which features the caller extracts: ``pooled`` backbone features before the
-            projection (spec default) or the projected ``embedding``. Unused by the math here.
+            projection (the default of docs/objectives.md §6) or the projected ``embedding``.
+            Unused by the math here.
         shots: Examples per class of the K-shot settings.
         fractions: Stratified fractions of the training split (1.0 = all of it).
         seeds: Support draws per setting (seeds ``0 .. seeds - 1``).
         C: Inverse L2 regularisation strength of the logistic regression.
         max_iter: L-BFGS iterations.
-        l2_normalize: L2-normalise features before fitting (off reproduces the spec).
+        l2_normalize: L2-normalise features before fitting (off reproduces docs/objectives.md §6).
     """
 
     features: Literal["pooled", "embedding"] = "pooled"

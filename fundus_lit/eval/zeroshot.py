@@ -15,7 +15,7 @@ from fundus_lit.models.dual_encoder import DualEncoder
 
 
 class ZeroShot:
-    """Prototype zero-shot classifier and its evaluation (spec sections 2 and 6).
+    """Prototype zero-shot classifier and its evaluation (docs/objectives.md §2 and §6).
 
     The prototype of class k averages the normalised embeddings of ``template`` filled with k and
     each of its dictionary descriptions; ``renormalize`` L2-normalises the average (false

@@ -1,4 +1,4 @@
-"""The normalised category key of the spec: one class however a dataset spells it.
+"""The normalised category key (docs/objectives.md §2): one class however a dataset spells it.
 
 "Age-related macular degeneration." and "age related  macular degeneration" share one key, so
 FLAIR targets, dictionary look-ups and zero-shot classes agree across datasets.

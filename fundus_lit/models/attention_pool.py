@@ -1,10 +1,11 @@
 """Attention pool over a backbone's final grid: G2D's global embedding and its pseudo-mask source.
 
-CLIP-ResNet style (spec section 4): the query is the mean of the grid tokens, keys and values are
-``[query; grid tokens]``, each with a learned positional embedding. The per-head attention of the
-query over the grid is what :func:`fundus_lit.objectives.g2d_functional.pseudo_masks` thresholds,
-so the projections are written out instead of using ``nn.MultiheadAttention``, which averages or
-hides the per-head weights depending on the fast path taken.
+CLIP-ResNet style (docs/objectives.md §4): the query is the mean of the grid tokens, keys and
+values are ``[query; grid tokens]``, each with a learned positional embedding. The per-head
+attention of the query over the grid is what
+:func:`fundus_lit.objectives.g2d_functional.pseudo_masks` thresholds, so the projections are
+written out instead of using ``nn.MultiheadAttention``, which averages or hides the per-head
+weights depending on the fast path taken.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Caption decoder for KeepFIT v2's generative term (spec section 5, ``L_gen``).
+"""Caption decoder for KeepFIT v2's generative term (docs/objectives.md §5, ``L_gen``).
 
 A small transformer decoder writes the expert caption while cross-attending to the image's dense
 feature tokens, so the image tower is pushed to keep the local appearance details that captions

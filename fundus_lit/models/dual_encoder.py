@@ -79,7 +79,7 @@ class DualEncoder(nn.Module):
         image_size: Input resolution (ViTs size their position embeddings from it).
         projection: ``linear`` or a two-layer ``mlp`` head on each tower.
         temperature: Initial temperature; the learnable ``theta = log(1/temperature)`` is clamped
-            to ``[0, log 100]`` at every use, as the spec prescribes.
+            to ``[0, log 100]`` at every use, as docs/objectives.md §0 prescribes.
     """
 
     def __init__(

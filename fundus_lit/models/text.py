@@ -1,4 +1,5 @@
-"""Text tower: any transformers encoder by hub id or local path, with the spec's pooling options."""
+"""Text tower: any transformers encoder by hub id or local path, with the pooling options of
+docs/objectives.md §2."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.objectives.flair import FLAIRObjective
 from fundus_lit.objectives.keepfit import RevisionObjective
 from fundus_lit.objectives.pseudo_seg import PseudoSegObjective
+from fundus_lit.objectives.siglip import SigLIPObjective
 from fundus_lit.objectives.wsc import WSCObjective
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "ObjectiveOutput",
     "PseudoSegObjective",
     "RevisionObjective",
+    "SigLIPObjective",
     "WSCObjective",
 ]

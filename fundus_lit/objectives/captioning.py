@@ -1,4 +1,4 @@
-"""KeepFIT v2's generative term ``L_gen`` (spec section 5; this project's formulation).
+"""KeepFIT v2's generative term ``L_gen`` (docs/objectives.md §5; this project's formulation).
 
 A small transformer decoder writes each expert caption token by token while cross-attending to
 the image's dense feature tokens. Contrast only needs what separates captions in a batch; a

@@ -11,7 +11,7 @@ from fundus_lit.objectives.functional import category_ids, category_targets
 
 
 class FLAIRObjective(CLIPObjective):
-    """Category-aware contrastive loss (spec section 2).
+    """Category-aware contrastive loss (docs/objectives.md §2).
 
     The category each text was built from (``batch.categories``, drawn per sample per epoch by the
     text builder) decides the soft targets; category ids are gathered across ranks with the

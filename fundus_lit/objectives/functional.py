@@ -1,7 +1,7 @@
-"""Pure loss functions: the public, tested surface of every objective (spec section 7).
+"""Pure loss functions: the public, tested surface of every objective (docs/objectives.md §7).
 
 No module state and no distributed logic here: objective modules gather across ranks and then call
-these, so the math can be checked against the spec's reference numbers in isolation.
+these, so the math can be checked against the reference numbers of docs/objectives.md in isolation.
 Embeddings are expected L2-normalised; ``scale`` is the multiplier s (already exponentiated and
 clamped), a float or a 0-d tensor.
 """
@@ -39,11 +39,12 @@ def clip_loss(
 ) -> Tensor:
     """Symmetric InfoNCE: ``1/2 [CE(S, I) + CE(S^T, I)]``.
 
-    Called with two (B, D) tensors it is the single-process loss of the spec. The keyword arguments
-    serve the distributed form, where a rank holds B local rows and N >= B global columns:
-    ``image_emb`` / ``text_rows`` are the local rows (images, texts), ``text_emb`` / ``image_cols``
-    the gathered columns, and ``row_offset`` the index of the first local row among the columns.
-    The result is then the mean over local rows, so averaging it over ranks gives the global loss.
+    Called with two (B, D) tensors it is the single-process loss (docs/objectives.md §1). The
+    keyword arguments serve the distributed form, where a rank holds B local rows and N >= B global
+    columns: ``image_emb`` / ``text_rows`` are the local rows (images, texts), ``text_emb`` /
+    ``image_cols`` the gathered columns, and ``row_offset`` the index of the first local row among
+    the columns. The result is then the mean over local rows, so averaging it over ranks gives the
+    global loss.
     """
     if text_rows is None or image_cols is None:
         if image_emb.shape != text_emb.shape:
@@ -104,7 +105,7 @@ def flair_loss(
 
 
 def label_similarity(rows: Tensor, cols: Tensor) -> Tensor:
-    """``A_ij = cos(y_i, y_j)`` of multi-hot label vectors (spec section 3).
+    """``A_ij = cos(y_i, y_j)`` of multi-hot label vectors (docs/objectives.md §3).
 
     Two empty label sets count as identical (1) and an empty set against a non-empty one as
     unrelated (0): reports without findings are alike, and unlike any with findings.
@@ -180,7 +181,7 @@ def wsc_loss(
     fn_threshold: float = 1.0,
     fn_removal: bool = True,
 ) -> Tensor:
-    """Weighted similarity coupling (spec section 3, the formulation this project defines):
+    """Weighted similarity coupling (docs/objectives.md §3, the formulation this project defines):
     ``L_i = -log(exp(l_ii) / sum_j w_ij exp(l_ij))``, image queries against text keys and text
     queries against image keys, averaged.
 
@@ -196,6 +197,32 @@ def wsc_loss(
     i2t = wsc_direction(image_emb, text_keys, scale, labels, key_labels, **opts)[0]
     t2i = wsc_direction(text_emb, image_keys, scale, labels, key_labels, **opts)[0]
     return (i2t + t2i) / 2
+
+
+def siglip_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    scale: Tensor | float,
+    bias: Tensor | float,
+    *,
+    text_cols: Tensor | None = None,
+    row_offset: int = 0,
+) -> Tensor:
+    """Pairwise sigmoid loss (SigLIP, docs/objectives.md §9): every image-text pair is its own
+    binary problem, ``-log sigmoid(z_ij (s u_i . v_j + b))`` with ``z_ij = +1`` for a matching pair
+    and ``-1`` otherwise, summed over the columns and averaged over the rows.
+
+    No softmax couples the pairs, so the batch never needs normalising across ranks: a rank scores
+    its B local images against the N gathered texts (``text_cols``; default ``text_emb``, the
+    single-process case), its positives at columns ``row_offset + i``; the mean of the ranks'
+    losses is the global loss.
+    """
+    cols = text_emb if text_cols is None else text_cols
+    logits = scale * image_emb @ cols.t() + bias
+    labels = -torch.ones_like(logits)
+    rows = torch.arange(image_emb.shape[0], device=logits.device)
+    labels[rows, row_offset + rows] = 1.0
+    return -F.logsigmoid(labels * logits).sum(dim=1).mean()
 
 
 # G2D's pseudo masks and segmentation loss live in their own module (smoothing, presets);

@@ -1,11 +1,11 @@
 """G2D pure functions: pseudo masks from the pooling attention and the pseudo-segmentation loss.
 
-Spec section 4. Everything here runs on the input's device without a host synchronisation (no
+docs/objectives.md §4. Everything here runs on the input's device without a host synchronisation (no
 ``.item()``, no value-dependent Python branches, no data-dependent shapes), so a training step on
 the GPU never stalls on the mask computation. Branches below only look at shapes, dtypes and
 Python arguments.
 
-Decisions the spec leaves open, made here:
+Decisions the G2D paper leaves open, made here (docs/objectives.md §4):
 
 - Field of view vs quantile: pixels outside the aperture are set to 0 *and take part* in the
   quantile (step 3 comes before step 4, and "set to 0" only matters if the zeros are counted). The
@@ -13,8 +13,8 @@ Decisions the spec leaves open, made here:
   aperture, because with ``>=`` and an aperture covering less than ``1 - q`` of the map the
   threshold is 0 and the zeros outside would otherwise pass it.
 - Dice is computed per image and then averaged over the batch, so every image's mask counts the
-  same whatever its size; ``eps`` is tiny (1e-6) so the spec's unsmoothed reference formula holds
-  at any resolution, not only approximately at large ones.
+  same whatever its size; ``eps`` is tiny (1e-6) so the unsmoothed reference formula of
+  docs/objectives.md §4 holds at any resolution, not only approximately at large ones.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ class G2DPreset:
     eps: float = 1e-6
 
 
-# "paper" is the default; "code" reproduces the released implementation's choices (spec section 4):
-# L = (1 - dice_on_logits) + 0.2 * BCE with eps 1e-5, i.e. the Dice term weighted 1, not 0.5.
+# "paper" is the default; "code" reproduces the released implementation's choices
+# (docs/objectives.md §4): L = (1 - dice_on_logits) + 0.2 * BCE with eps 1e-5, i.e. the Dice term
+# weighted 1, not 0.5.
 PRESETS: dict[str, G2DPreset] = {
     "paper": G2DPreset(),
     "code": G2DPreset(
@@ -198,7 +199,8 @@ def pseudo_masks(
     sigma_range: float = 0.5,
     guide: Tensor | None = None,
 ) -> Tensor:
-    """G2D pseudo masks (spec section 4), (B, 1, size, size) float in {0, 1}, without gradient.
+    """G2D pseudo masks (docs/objectives.md §4), (B, 1, size, size) float in {0, 1}, without
+    gradient.
 
     Args:
         attention: (B, heads, h, w) attention of the pooled query over the grid tokens.

@@ -1,4 +1,4 @@
-"""KeepFIT v1's expert-knowledge revision (spec section 5).
+"""KeepFIT v1's expert-knowledge revision (docs/objectives.md §5).
 
 Public images attend over the expert set's image embeddings and read out its text embeddings;
 pulling that readout towards the public image's own text embedding injects the atlas captions'

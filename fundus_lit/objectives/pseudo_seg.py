@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class PseudoSegObjective(Objective):
-    """Dice + BCE between a decoder's logits and the attention pool's pseudo masks (spec section 4).
+    """Dice + BCE between a decoder's logits and the attention pool's pseudo masks
+    (docs/objectives.md §4).
 
     Preset values (``paper``: non-strict quantile 0.85, Dice on probabilities, 0.5/0.5, no
     warm-up; ``code``: strict, Dice on logits, BCE weight 0.2, 200 warm-up steps) apply unless a

@@ -1,6 +1,6 @@
 """ViLReF-style weighted similarity coupling with momentum encoders and label-carrying queues.
 
-The published ViLReF code does not contain its loss; spec section 3 is the formulation this
+The published ViLReF code does not contain its loss; docs/objectives.md §3 is the formulation this
 project defines and implements: label similarity slows the push between close pairs, identical
 label sets are removed as false negatives, and momentum keys from a FIFO queue stand in for them.
 """
@@ -26,8 +26,8 @@ _QUEUE_BUFFERS = ("image_queue", "text_queue", "label_queue")
 
 
 class WSCObjective(Objective):
-    """Weighted similarity coupling (spec section 3) over the global batch, optionally with an EMA
-    copy of both towers and heads and a FIFO queue of its keys with their label vectors.
+    """Weighted similarity coupling (docs/objectives.md §3) over the global batch, optionally with
+    an EMA copy of both towers and heads and a FIFO queue of its keys with their label vectors.
 
     Queue contents, pointer, fill and the momentum weights are part of the module's state, so
     checkpoints save and restore them. The label width C is taken from the first batch; a
