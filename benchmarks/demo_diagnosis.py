@@ -34,9 +34,9 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.preprocessing import StandardScaler
 from torchvision.transforms import v2
 
-from fundus_lit.data.synthetic import CATEGORIES, FundusSynth
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.optim import warmup_cosine
+from fundus_lit.synthetic import CATEGORIES, FundusSynth
 
 # the demo's splits: its training draw, and the evaluation config's probe pool and test images
 SPLITS = {"train": (0, 960), "pool": (3_000_000, 720), "test": (2_000_000, 360)}

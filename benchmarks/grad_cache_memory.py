@@ -46,11 +46,11 @@ def child(args: argparse.Namespace) -> None:
     from harness import bare_trainer, repeat_loader
 
     from fundus_lit.data.batch import Batch
-    from fundus_lit.data.synthetic import FundusSynth
     from fundus_lit.models.text import TextConfig, load_tokenizer
     from fundus_lit.models.vision import VisionConfig
     from fundus_lit.module import PretrainModule
     from fundus_lit.objectives import FLAIRObjective
+    from fundus_lit.synthetic import FundusSynth
 
     if args.threads:
         torch.set_num_threads(args.threads)

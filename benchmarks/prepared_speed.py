@@ -35,8 +35,8 @@ from results import report  # sibling module: benchmarks run as scripts
 
 from fundus_lit.data import FlairCSVSource, FundusRecord, PreparedSource, Source
 from fundus_lit.data.prepared import prepare
-from fundus_lit.data.synthetic import FundusSynth
 from fundus_lit.data.transforms import ImagePipeline
+from fundus_lit.synthetic import FundusSynth
 
 SIDES = (1536, 2048, 2688)  # FOV diameters; the frames are 1.5x as wide
 QUICK_SIDES = (1536, 2048)

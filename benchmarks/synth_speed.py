@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from results import report  # sibling module: benchmarks run as scripts
 
-from fundus_lit.data.synthetic import FundusSynth
+from fundus_lit.synthetic import FundusSynth
 
 
 def _rate(n: int, seconds: float) -> float:

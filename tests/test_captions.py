@@ -10,9 +10,9 @@ import pytest
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.captions import CaptionCSVSource
-from fundus_lit.data.synthetic import FundusSynth
-from fundus_lit.data.synthetic.atlas import atlas_caption, write_atlas_dataset
-from fundus_lit.data.synthetic.reports import IMPRESSION_NAMES
+from fundus_lit.synthetic import FundusSynth
+from fundus_lit.synthetic.atlas import atlas_caption, write_atlas_dataset
+from fundus_lit.synthetic.reports import IMPRESSION_NAMES
 
 
 def _write(path: Path, header: list[str], rows: list[list[str]]) -> Path:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from fundus_lit.data.synthetic import CATEGORIES
 from fundus_lit.knowledge import (
     BUILTIN_PATH,
     Category,
@@ -14,6 +13,7 @@ from fundus_lit.knowledge import (
     KnowledgeError,
     category_key,
 )
+from fundus_lit.synthetic import CATEGORIES
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from fundus_lit.core.errors import DataError
 from fundus_lit.data.labels import Extraction, LabelExtractor, label_vocabulary, multi_hot
 from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import parse_list_cell
-from fundus_lit.data.synthetic import CATEGORIES, FundusSynth, report_details
-from fundus_lit.data.synthetic.reports import IMPLIED_BY
+from fundus_lit.synthetic import CATEGORIES, FundusSynth, report_details
+from fundus_lit.synthetic.reports import IMPLIED_BY
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reports.csv"
 with FIXTURE.open(newline="", encoding="utf-8") as _handle:

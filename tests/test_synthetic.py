@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fundus_lit.data.synthetic import (
+from fundus_lit.synthetic import (
     CATEGORIES,
     Finding,
     FundusSynth,

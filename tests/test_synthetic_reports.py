@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fundus_lit.data.sources import SyntheticSource
-from fundus_lit.data.synthetic import (
+from fundus_lit.knowledge import KnowledgeBase, category_key
+from fundus_lit.synthetic import (
     CATEGORIES,
     FundusSynth,
     SynthReport,
@@ -24,8 +25,7 @@ from fundus_lit.data.synthetic import (
     write_flair_dataset,
     write_report_dataset,
 )
-from fundus_lit.data.synthetic.reports import IMPLIED_BY, IMPRESSION_NAMES
-from fundus_lit.knowledge import KnowledgeBase, category_key
+from fundus_lit.synthetic.reports import IMPLIED_BY, IMPRESSION_NAMES
 
 N = 300
 # Finding wordings that imply a category when the impression leaves it out; written here

@@ -33,15 +33,15 @@ def synth(
         atlas: Write ``atlas.csv`` (``image,caption``: a long atlas-style caption per image)
             instead, the expert image-caption set of two-stream recipes (KeepFIT).
     """
-    from fundus_lit.data.synthetic import write_flair_dataset, write_report_dataset
+    from fundus_lit.synthetic import write_flair_dataset, write_report_dataset
 
     if atlas:
-        from fundus_lit.data.synthetic import write_atlas_dataset
+        from fundus_lit.synthetic import write_atlas_dataset
 
         print(write_atlas_dataset(out, n=n, size=size, seed=seed, sites=sites))
         return
     if masks:
-        from fundus_lit.data.synthetic.masks import write_mask_dataset
+        from fundus_lit.synthetic.masks import write_mask_dataset
 
         print(write_mask_dataset(out, n=n, size=size, seed=seed, sites=sites))
         return

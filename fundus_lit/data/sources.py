@@ -316,7 +316,7 @@ class SyntheticSource(Source):
     @property
     def synth(self):
         if self._synth is None:  # built lazily: cheap to pickle into workers
-            from fundus_lit.data.synthetic import FundusSynth
+            from fundus_lit.synthetic import FundusSynth
 
             self._synth = FundusSynth(seed=self.seed, size=self.size, sites=self.sites)
         return self._synth
@@ -330,12 +330,12 @@ class SyntheticSource(Source):
         report_of, vocabulary = None, None
         if self.reports:  # lazy: the label tools pull in the knowledge dictionary
             from fundus_lit.data.labels import label_vocabulary, multi_hot
-            from fundus_lit.data.synthetic import synthetic_report as report_of
+            from fundus_lit.synthetic import synthetic_report as report_of
 
             vocabulary = label_vocabulary(self.label_names)
         caption_of = None
         if self.captions:
-            from fundus_lit.data.synthetic.atlas import atlas_caption as caption_of
+            from fundus_lit.synthetic.atlas import atlas_caption as caption_of
         # few distinct category lists exist, and multi_hot re-keys the vocabulary on every call
         vectors: dict[tuple[str, ...], tuple[float, ...]] = {}
         records = []

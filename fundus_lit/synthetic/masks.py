@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fundus_lit.data.synthetic.generator import FundusSynth, save_image
+from fundus_lit.synthetic.generator import FundusSynth, save_image
 
 
 def write_mask_dataset(
