@@ -7,7 +7,6 @@ guessed labels into category-supervised objectives.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from fundus_lit.core.errors import DataError
@@ -58,47 +57,29 @@ class CaptionCSVSource(CSVSource):
             f"caption_column={self.caption_column!r})"
         )
 
-    def _column(self, columns: set[str]) -> str:
-        """The caption column actually read; autodetection only replaces the default, so an
-        explicitly named column that is missing stays an error."""
-        if (
-            self.caption_column == "caption"
-            and "caption" not in columns
-            and "categories" in columns
-        ):
-            return "categories"
-        return self.caption_column
+    def _required(self) -> list[str | tuple[str, ...]]:
+        """Columns to read; autodetection (``categories`` when there is no ``caption``) only
+        replaces the default, so an explicitly named column that is missing stays an error."""
+        if self.caption_column == "caption":
+            return ["image", ("categories", "caption")]
+        return ["image", self.caption_column]
 
     def load(self) -> list[FundusRecord]:
-        self.require_files()
-        with self.csv.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = set(reader.fieldnames or [])
-            column = self._column(columns)
-            missing = {"image", column} - columns
-            if missing:
-                raise DataError(
-                    f"{self.csv}: missing column(s) {sorted(missing)}; found {sorted(columns)}"
-                )
-            records, empty = [], []
-            for row in reader:
-                record = self._record(row, reader.line_num, column)
-                (records if record.text else empty).append(record)
+        records, empty = [], []
+        for row, where, image in self.rows(self._required()):
+            column = self.caption_column
+            if column == "caption" and "caption" not in row:
+                column = "categories"
+            record = FundusRecord(
+                image=image,
+                dataset=Path(image).parts[0],
+                text=caption_from_cell(row.get(column) or "", f"{where}, column '{column}'"),
+                origin=where,
+            )
+            (records if record.text else empty).append(record)
         if empty:
             raise DataError(_empty_message(self.csv, column, empty))
         return records
-
-    def _record(self, row: dict[str, str], line: int, column: str) -> FundusRecord:
-        where = f"{self.csv}, line {line}"
-        image = (row.get("image") or "").strip()
-        if not image:
-            raise DataError(f"{where}, column 'image': empty image path")
-        return FundusRecord(
-            image=image,
-            dataset=Path(image).parts[0],
-            text=caption_from_cell(row.get(column) or "", f"{where}, column '{column}'"),
-            origin=where,
-        )
 
 
 def _empty_message(path: Path, column: str, empty: list[FundusRecord]) -> str:

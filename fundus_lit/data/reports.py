@@ -6,7 +6,6 @@ list of label names. Other columns, an unnamed pandas index included, are ignore
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Literal
@@ -55,7 +54,7 @@ class ReportCSVSource(CSVSource):
         self.uncertain = uncertain
 
     def load(self) -> list[FundusRecord]:
-        self.require_files()
+        self.require_files()  # before the extractor: a missing file is the first thing to report
         try:
             extractor = LabelExtractor(self.labels, self.knowledge, self.uncertain)
         except ValueError as err:  # unknown label name or bad knowledge file: a config error
@@ -64,29 +63,22 @@ class ReportCSVSource(CSVSource):
         # (report, where) of reports that are empty or give no label
         unlabelled: list[tuple[str, str]] = []
         dropped: dict[str, int] = {}
-        with self.csv.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = list(reader.fieldnames or [])
-            missing = sorted({"image", "report"} - set(columns))
-            if missing:
-                raise DataError(f"{self.csv}: missing column(s) {missing}; found {columns}")
-            end = reader.line_num
-            for row in reader:
-                where = f"{self.csv}, line {end + 1}"  # where a multi-line report starts
-                end = reader.line_num
-                record = self._record(row, where, extractor, dropped)
-                records.append(record)
-                if not record.text or not record.categories:
-                    unlabelled.append((record.text or "", where))
+        for row, where, image in self.rows(["image", "report"]):
+            record = self._record(row, where, image, extractor, dropped)
+            records.append(record)
+            if not record.text or not record.categories:
+                unlabelled.append((record.text or "", where))
         self._log(len(records), unlabelled, dropped)
         return records
 
     def _record(
-        self, row: dict[str, str], where: str, extractor: LabelExtractor, dropped: dict[str, int]
+        self,
+        row: dict[str, str],
+        where: str,
+        image: str,
+        extractor: LabelExtractor,
+        dropped: dict[str, int],
     ) -> FundusRecord:
-        image = (row.get("image") or "").strip()
-        if not image:
-            raise DataError(f"{where}, column 'image': empty image path")
         raw = row.get("report") or ""
         report = " ".join(raw.split())  # line breaks end sentences: the extractor gets `raw`
         cell = (row.get("labels") or "").strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import csv
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -97,6 +98,38 @@ class CSVSource(Source):
         if not self.root.is_dir():
             raise DataError(f"data root {self.root} does not exist (needed by {self.csv})")
 
+    def rows(
+        self, required: Sequence[str | tuple[str, ...]]
+    ) -> Iterator[tuple[dict[str, str], str, str]]:
+        """Each row of the CSV as ``(row, where, image)``: the one reading path of every layout.
+
+        Checks, in this order, with a message naming the file (and row): the CSV and root exist;
+        every ``required`` column is in the header (a tuple is a set of accepted spellings, e.g.
+        ``("attributes", "atributes")``); each row's ``image`` cell is not empty. ``where`` is
+        ``"CSV, line N"`` with N the line the row starts on (a quoted report may span lines).
+        """
+        self.require_files()
+        with self.csv.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            missing = [
+                name if isinstance(name, str) else name[-1]
+                for name in required
+                if not ({name} if isinstance(name, str) else set(name)) & set(columns)
+            ]
+            if missing:
+                raise DataError(
+                    f"{self.csv}: missing column(s) {sorted(missing)}; found {sorted(columns)}"
+                )
+            end = reader.line_num
+            for row in reader:
+                where = f"{self.csv}, line {end + 1}"
+                end = reader.line_num
+                image = (row.get("image") or "").strip()
+                if not image:
+                    raise DataError(f"{where}, column 'image': empty image path")
+                yield row, where, image
+
     def find_missing(self, records: list[FundusRecord]) -> list[tuple[FundusRecord, str]]:
         """Each record with a missing file (image, or any of ``path_fields``), once, with the
         first absent path; one ``stat`` per file."""
@@ -138,23 +171,11 @@ class FlairCSVSource(CSVSource):
     """
 
     def load(self) -> list[FundusRecord]:
-        self.require_files()
-        with self.csv.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = set(reader.fieldnames or [])
-            attr_col = "attributes" if "attributes" in columns else "atributes"
-            missing = {"image", attr_col, "categories"} - columns
-            if missing:
-                raise DataError(
-                    f"{self.csv}: missing column(s) {sorted(missing)}; found {sorted(columns)}"
-                )
-            return [self._record(row, reader.line_num, attr_col) for row in reader]
+        rows = self.rows(["image", ("attributes", "atributes"), "categories"])
+        return [self._record(row, where, image) for row, where, image in rows]
 
-    def _record(self, row: dict[str, str], line: int, attr_col: str) -> FundusRecord:
-        where = f"{self.csv}, line {line}"
-        image = (row.get("image") or "").strip()
-        if not image:
-            raise DataError(f"{where}, column 'image': empty image path")
+    def _record(self, row: dict[str, str], where: str, image: str) -> FundusRecord:
+        attr_col = "attributes" if "attributes" in row else "atributes"
         return FundusRecord(
             image=image,
             dataset=Path(image).parts[0],
@@ -401,31 +422,21 @@ class MaskCSVSource(CSVSource):
     path_fields: ClassVar[tuple[str, ...]] = ("image", "mask")
 
     def load(self) -> list[FundusRecord]:
-        self.require_files()
-        with self.csv.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"image", "mask"} - set(reader.fieldnames or [])
-            if missing:
-                raise DataError(
-                    f"{self.csv}: missing column(s) {sorted(missing)}; "
-                    f"found {sorted(reader.fieldnames or [])}"
+        records = []
+        for row, where, image in self.rows(["image", "mask"]):
+            mask = (row.get("mask") or "").strip()
+            if not mask:
+                raise DataError(f"{where}, column 'mask': empty mask path")
+            cats = parse_list_cell(row.get("categories") or "", f"{where}, column 'categories'")
+            records.append(
+                FundusRecord(
+                    image=image,
+                    dataset=Path(image).parts[0],
+                    categories=cats,
+                    origin=where,
+                    mask=mask,
                 )
-            records = []
-            for row in reader:
-                where = f"{self.csv}, line {reader.line_num}"
-                image, mask = (row.get("image") or "").strip(), (row.get("mask") or "").strip()
-                if not image or not mask:
-                    raise DataError(f"{where}: empty image or mask path")
-                cats = parse_list_cell(row.get("categories") or "", f"{where}, column 'categories'")
-                records.append(
-                    FundusRecord(
-                        image=image,
-                        dataset=Path(image).parts[0],
-                        categories=cats,
-                        origin=where,
-                        mask=mask,
-                    )
-                )
+            )
         return records
 
     def open_mask(self, record: FundusRecord) -> Image.Image:
