@@ -22,8 +22,8 @@ from fundus_lit.data import (
     MaskCSVSource,
     PreparedSource,
 )
-from fundus_lit.data import prepared as prepared_module
 from fundus_lit.data.prepared import prepare
+from fundus_lit.data.prepared import writer as prepared_module
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.synthetic import FundusSynth, write_flair_dataset

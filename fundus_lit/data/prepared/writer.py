@@ -1,24 +1,5 @@
-"""A prepared copy of any source: field-of-view crop and resize done once, stored as small JPEGs.
-
-Public fundus photographs are 2,000-4,000 px JPEGs and PNGs; decoding one costs far more than
-the training step spends on it at 224-512 px. :func:`prepare` pays the decode, the crop and the
-resize once and writes the results as Arrow shards (an HF ``datasets`` Image column next to every
-record field), which :class:`PreparedSource` reads by memory-mapped random access.
-
-Layout of a prepared folder::
-
-    manifest.json         arguments, per-shard record counts, sizes and sha256, totals, fingerprint
-    shard-00000.arrow     rows 0 .. shard_size-1: HF-datasets Arrow (stream) file
-    shard-00001.arrow     ...
-
-One Arrow file per shard, because Arrow is read in place (memory-mapped, zero-copy): every loader
-worker on every node maps the same files and the page cache holds each once per machine, with no
-per-worker copy and no decompression; a parquet shard would be decoded into memory per process.
-Each shard is a plain HF dataset (``datasets.Dataset.from_file("shard-00000.arrow")``) for
-inspection. Shards of a fixed number of rows make resume simple (shard k is always rows
-``k * shard_size ...``) and keep files large enough for network file systems yet small enough to
-checksum, copy and re-create one at a time.
-"""
+"""Writing a prepared folder (``fundus-lit prepare``): decode, crop and resize each image once,
+in worker processes, into Arrow shards; resumable shard by shard."""
 
 from __future__ import annotations
 
@@ -27,55 +8,27 @@ import io
 import json
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 from PIL import Image
 
 from fundus_lit.core.errors import DataError
-from fundus_lit.data.hf_source import decode_image
+from fundus_lit.data.prepared.format import (
+    FIELDS,
+    FORMAT,
+    MANIFEST,
+    features,
+    open_table,
+    sha256_file,
+    shard_name,
+)
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source
 from fundus_lit.data.transforms import fov_bbox
-
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-__all__ = ["PreparedSource", "prepare", "prepare_image"]
-
-FORMAT = "fundus-lit-prepared/1"
-MANIFEST = "manifest.json"
-#: record fields stored as columns, in FundusRecord order
-FIELDS = ("image", "dataset", "categories", "attributes", "text", "labels", "mask")
-_SHARD = re.compile(r"shard-(\d+)\.arrow, row (\d+)\b")
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.arrow"
-
-
-def _features() -> Any:
-    import datasets
-
-    text = datasets.Value("string")
-    return datasets.Features(
-        {
-            "image": text,
-            "dataset": text,
-            "categories": datasets.List(text),
-            "attributes": datasets.List(text),
-            "text": text,
-            "labels": datasets.List(datasets.Value("float64")),  # float64: values round-trip
-            "mask": text,
-            "origin": text,  # the raw source's origin, for messages
-            "pixels": datasets.Image(),  # the prepared JPEG
-            "mask_pixels": datasets.Image(),  # the prepared mask as PNG, or null
-        }
-    )
 
 
 def shrink(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
@@ -143,14 +96,6 @@ def fingerprint(records: list[FundusRecord]) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, value: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
@@ -163,7 +108,7 @@ def write_shard(out: Path, index: int, columns: dict[str, list]) -> dict[str, An
     import datasets
     import pyarrow as pa
 
-    table = datasets.Dataset.from_dict(columns, features=_features()).data.table
+    table = datasets.Dataset.from_dict(columns, features=features()).data.table
     final = out / shard_name(index)
     tmp = out / f".{final.name}.tmp-{os.getpid()}"
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
@@ -182,20 +127,10 @@ def _describe(path: Path) -> dict[str, Any]:
     """Manifest entry of a shard written by a run that stopped before recording it."""
     return {
         "file": path.name,
-        "records": _open_table(path).num_rows,
+        "records": open_table(path).num_rows,
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
-
-
-def _open_table(path: Path) -> pa.Table:
-    """A shard's Arrow table, memory-mapped through HF datasets."""
-    import datasets
-
-    try:
-        return datasets.Dataset.from_file(str(path)).data.table
-    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
-        raise DataError(f"cannot read prepared shard {path}: {err}") from err
 
 
 # Worker processes of prepare(): the sources are sent once, not with every record.
@@ -353,7 +288,7 @@ def prepare(
                 results: Iterator[tuple[bytes, bytes | None]] = (
                     pool.map(_prepare_in_worker, chunk, chunksize=4) if pool else map(here, chunk)
                 )
-                columns: dict[str, list] = {key: [] for key in _features()}
+                columns: dict[str, list] = {key: [] for key in features()}
                 for (_, record), (jpeg, mask) in zip(chunk, results):
                     for field in FIELDS:
                         columns[field].append(getattr(record, field))
@@ -376,163 +311,3 @@ def prepare(
     manifest["complete"] = True
     _write_json(out / MANIFEST, manifest)
     return out
-
-
-class PreparedSource(Source):
-    """A folder written by :func:`prepare` (``fundus-lit prepare``): records from the metadata
-    columns, images decoded from the stored JPEGs by memory-mapped random access.
-
-    The records equal those of the raw sources, so splits, text and sampling do not change; the
-    images are already cropped to the field of view and at most ``size`` px, so train with
-    ``data.image_size`` up to the prepared size and the same ``crop_fov`` (the pipeline's crop
-    finds the cropped frame again). Each loader worker maps the shards itself on first use.
-
-    Args:
-        path: The prepared folder.
-        verify: Check every shard's sha256 against the manifest in :meth:`check` (reads all
-            shards once; sizes are always compared).
-    """
-
-    draft_decode: ClassVar[bool] = True
-
-    def __init__(self, path: str, verify: bool = False) -> None:
-        self.path = Path(path).expanduser()
-        self.verify = verify
-        self._manifest: dict[str, Any] | None = None
-        self._tables: dict[int, pa.Table] = {}
-        self._index: dict[FundusRecord, tuple[int, int]] | None = None
-
-    def __repr__(self) -> str:
-        return f"PreparedSource(path={str(self.path)!r})"
-
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_tables": {}, "_index": None}
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The folder's manifest; an unfinished or foreign folder is an error saying what to do."""
-        if self._manifest is None:
-            path = self.path / MANIFEST
-            if not path.is_file():
-                what = "does not exist" if not self.path.exists() else f"has no {MANIFEST}"
-                raise DataError(
-                    f"prepared folder {self.path} {what}; write it with fundus-lit prepare"
-                )
-            try:
-                manifest = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise DataError(f"cannot read {path}: {err}") from err
-            if manifest.get("format") != FORMAT:
-                raise DataError(f"{path} is not a fundus-lit prepare manifest ({FORMAT})")
-            if not manifest.get("complete"):
-                raise DataError(
-                    f"{self.path} is an unfinished preparation ({len(manifest['shards'])} of "
-                    f"{math.ceil(manifest['total'] / manifest['arguments']['shard_size'])} "
-                    "shards); re-run fundus-lit prepare with the same arguments to finish it"
-                )
-            self._manifest = manifest
-        return self._manifest
-
-    @property
-    def size(self) -> int:
-        """Longer side of the stored images."""
-        return int(self.manifest["arguments"]["size"])
-
-    @property
-    def fov_cropped(self) -> bool:
-        return bool(self.manifest["fov_cropped"])
-
-    def _table(self, shard: int) -> pa.Table:
-        if shard not in self._tables:
-            entries = self.manifest["shards"]
-            if not 0 <= shard < len(entries):
-                raise DataError(f"{self.path} has no shard {shard} ({len(entries)} shards)")
-            path = self.path / entries[shard]["file"]
-            if not path.is_file():
-                raise DataError(
-                    f"prepared shard {path} is missing (listed in {self.path / MANIFEST})"
-                )
-            self._tables[shard] = _open_table(path)
-        return self._tables[shard]
-
-    def load(self) -> list[FundusRecord]:
-        records = []
-        for k, entry in enumerate(self.manifest["shards"]):
-            table = self._table(k)
-            if table.num_rows != entry["records"]:
-                raise DataError(
-                    f"prepared shard {self.path / entry['file']} has {table.num_rows} rows, the "
-                    f"manifest says {entry['records']}"
-                )
-            rows = table.select([*FIELDS, "origin"]).to_pylist()
-            for row, values in enumerate(rows):
-                labels = values["labels"]
-                records.append(
-                    FundusRecord(
-                        image=values["image"],
-                        dataset=values["dataset"],
-                        categories=tuple(values["categories"]),
-                        attributes=tuple(values["attributes"]),
-                        text=values["text"],
-                        labels=tuple(labels) if labels is not None else None,
-                        origin=f"{self.path / entry['file']}, row {row} "
-                        f"(prepared from {values['origin']})",
-                        mask=values["mask"],
-                    )
-                )
-        return records
-
-    def check(self, records: list[FundusRecord]) -> None:
-        """Every shard the manifest lists is there with its size (and, with ``verify``, its
-        sha256): a shard truncated by a copy fails here, not as a decode error mid-epoch."""
-        for entry in self.manifest["shards"]:
-            path = self.path / entry["file"]
-            if not path.is_file():
-                raise DataError(
-                    f"prepared shard {path} is missing (listed in {self.path / MANIFEST})"
-                )
-            if path.stat().st_size != entry["bytes"]:
-                raise DataError(
-                    f"prepared shard {path} is {path.stat().st_size} bytes, the manifest says "
-                    f"{entry['bytes']}: the file is damaged; prepare again or copy it again"
-                )
-            if self.verify and sha256_file(path) != entry["sha256"]:
-                raise DataError(
-                    f"prepared shard {path} does not match its sha256 in the manifest: the file "
-                    "is damaged; prepare again or copy it again"
-                )
-
-    def _locate(self, record: FundusRecord) -> tuple[int, int]:
-        match = _SHARD.search(record.origin)
-        if match:
-            return int(match.group(1)), int(match.group(2))
-        if self._index is None:  # a record made elsewhere (e.g. by the raw source): by value
-            self._index = {}
-            for r in self.load():
-                self._index.setdefault(r, self._locate(r))
-        if record not in self._index:
-            raise DataError(f"{record.image} ({record.origin}) is not a record of {self.path}")
-        return self._index[record]
-
-    def _cell(self, record: FundusRecord, column: str) -> tuple[bytes | None, str]:
-        shard, row = self._locate(record)
-        table = self._table(shard)
-        where = f"{self.path / shard_name(shard)}, row {row}"
-        if row >= table.num_rows:
-            raise DataError(f"{where} does not exist ({table.num_rows} rows)")
-        cell = table.column(column)[row]
-        return (cell["bytes"].as_py() if cell.is_valid else None), where
-
-    def open_image(self, record: FundusRecord, target: int | None = None) -> Image.Image:
-        blob, where = self._cell(record, "pixels")
-        if blob is None:
-            raise DataError(f"{where}: no image bytes")
-        return decode_image(blob, where, target=target)
-
-    def open_mask(self, record: FundusRecord) -> Image.Image:
-        if record.mask is None:
-            return super().open_mask(record)
-        blob, where = self._cell(record, "mask_pixels")
-        if blob is None:
-            raise DataError(f"{where}: no mask bytes")
-        return decode_image(blob, where, mode="L")
