@@ -11,8 +11,9 @@ import pytest
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.captions import CaptionCSVSource
 from fundus_lit.synthetic import FundusSynth
-from fundus_lit.synthetic.atlas import atlas_caption, write_atlas_dataset
+from fundus_lit.synthetic.atlas import atlas_caption
 from fundus_lit.synthetic.reports import IMPRESSION_NAMES
+from fundus_lit.synthetic.writer import write_atlas_dataset
 
 
 def _write(path: Path, header: list[str], rows: list[list[str]]) -> Path:

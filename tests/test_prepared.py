@@ -27,7 +27,7 @@ from fundus_lit.data.prepared import writer as prepared_module
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.synthetic import FundusSynth, write_flair_dataset
-from fundus_lit.synthetic.masks import write_mask_dataset
+from fundus_lit.synthetic.writer import write_mask_dataset
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:

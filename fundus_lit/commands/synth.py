@@ -41,7 +41,7 @@ def synth(
         print(write_atlas_dataset(out, n=n, size=size, seed=seed, sites=sites))
         return
     if masks:
-        from fundus_lit.synthetic.masks import write_mask_dataset
+        from fundus_lit.synthetic.writer import write_mask_dataset
 
         print(write_mask_dataset(out, n=n, size=size, seed=seed, sites=sites))
         return

@@ -5,10 +5,16 @@ text builders, training loops, evaluation) needs images whose labels it can trus
 generator supplies them at training speed and in the same on-disk layout real data uses.
 """
 
-from .atlas import atlas_caption, write_atlas_dataset
-from .generator import CATEGORIES, Finding, FundusSynth, SynthSample, write_flair_dataset
-from .masks import write_mask_dataset
-from .reports import SynthReport, report_details, synthetic_report, write_report_dataset
+from .atlas import atlas_caption
+from .generator import CATEGORIES, Finding, FundusSynth, SynthSample
+from .reports import SynthReport, report_details, synthetic_report
+from .writer import (
+    write_atlas_dataset,
+    write_csv_dataset,
+    write_flair_dataset,
+    write_mask_dataset,
+    write_report_dataset,
+)
 
 __all__ = [
     "CATEGORIES",
@@ -20,6 +26,7 @@ __all__ = [
     "report_details",
     "synthetic_report",
     "write_atlas_dataset",
+    "write_csv_dataset",
     "write_flair_dataset",
     "write_mask_dataset",
     "write_report_dataset",

@@ -17,16 +17,14 @@ What the text guarantees:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from .generator import CATEGORIES, Finding, FundusSynth, _Plan, save_image
+from .generator import CATEGORIES, Finding, FundusSynth, _Plan
 from .reports import IMPRESSION_NAMES, _Dice, _sentences
 
-__all__ = ["atlas_caption", "write_atlas_dataset"]
+__all__ = ["atlas_caption"]
 
 _NORMAL, _GLAUCOMA = CATEGORIES[0], CATEGORIES[5]
 
@@ -349,26 +347,3 @@ def atlas_caption(synth: FundusSynth, index: int) -> str:
     """Atlas caption of image `index`; deterministic in (seed, index) and drawing-free, so it is
     cheap enough for ``Source.load()``."""
     return _write(synth._plan(index), _Dice(np.random.default_rng([synth.seed, index, 3])))
-
-
-def write_atlas_dataset(
-    out: str | Path, n: int, size: int = 256, seed: int = 0, sites: int = 1, offset: int = 0
-) -> Path:
-    """Write images ``offset .. offset + n - 1`` (the FLAIR layout's ``site/images/NNNNNN.png``)
-    and ``atlas.csv`` (``image,caption``, the MM-Retinal layout) under `out`; return the CSV.
-
-    Images are those of :func:`write_flair_dataset` for the same seed, size and sites, so one
-    folder can serve both formats.
-    """
-    out = Path(out)
-    synth = FundusSynth(seed=seed, size=size, sites=sites)
-    rows = []
-    for i in range(offset, offset + n):
-        rows.append([save_image(out, synth.sample(i), i), atlas_caption(synth, i)])
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "atlas.csv"
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["image", "caption"])
-        writer.writerows(rows)
-    return path

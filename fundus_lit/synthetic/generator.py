@@ -8,11 +8,9 @@ of records can be listed from plans alone without drawing a pixel.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -315,47 +313,3 @@ class FundusSynth:
         return SynthSample(
             index, image, plan.categories, plan.attributes, plan.findings, plan.eye, cam.name, mask
         )
-
-
-def save_image(out: Path, sample: SynthSample, index: int, image_format: str = "png") -> str:
-    """Write one image at ``site/images/NNNNNN.<format>`` under `out`, the layout every synthetic
-    writer shares so one folder serves several CSV formats; returns the relative path."""
-    rel = f"{sample.site}/images/{index:06d}.{image_format}"
-    (out / rel).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sample.image).save(
-        out / rel, **({"quality": 95} if image_format == "jpg" else {})
-    )
-    return rel
-
-
-def write_flair_dataset(
-    out: str | Path,
-    n: int,
-    size: int = 256,
-    seed: int = 0,
-    sites: int = 2,
-    image_format: str = "png",
-) -> list[Path]:
-    """Write n images in the FLAIR CSV layout under `out` and return the CSV paths (one per site).
-
-    The CSVs mimic what pandas writes (unnamed index column, misspelled ``atributes`` header,
-    ``repr`` lists) because that is the format real FLAIR-style data arrives in.
-    """
-    if image_format not in ("png", "jpg"):
-        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
-    out = Path(out)
-    synth = FundusSynth(seed=seed, size=size, sites=sites)
-    rows: dict[str, list[list[str]]] = {cam.name: [] for cam in synth.cameras}
-    for i in range(n):
-        s = synth.sample(i)
-        rel = save_image(out, s, i, image_format)
-        rows[s.site].append([rel, repr(s.attributes), repr(s.categories)])
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for site, site_rows in rows.items():
-        paths.append(out / f"{site}.csv")
-        with paths[-1].open("w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["", "image", "atributes", "categories"])
-            writer.writerows([k, *row] for k, row in enumerate(site_rows))
-    return paths

@@ -27,15 +27,13 @@ What the text guarantees, so that label extractors can be tested against it:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-from .generator import CATEGORIES, Finding, FundusSynth, _Plan, save_image
+from .generator import CATEGORIES, Finding, FundusSynth, _Plan
 
 __all__ = [
     "IMPLIED_BY",
@@ -43,7 +41,6 @@ __all__ = [
     "SynthReport",
     "report_details",
     "synthetic_report",
-    "write_report_dataset",
 ]
 
 T = TypeVar("T")
@@ -636,37 +633,3 @@ def report_details(synth: FundusSynth, index: int) -> SynthReport:
 def synthetic_report(synth: FundusSynth, index: int) -> str:
     """Free-text report of image `index`; drawing-free, so cheap enough for Source.load()."""
     return report_details(synth, index).text
-
-
-def write_report_dataset(
-    out: str | Path,
-    n: int,
-    size: int = 256,
-    seed: int = 0,
-    sites: int = 2,
-    image_format: str = "png",
-    with_labels: bool = True,
-) -> Path:
-    """Write n images (the FLAIR layout's ``site/images/NNNNNN.png``) and one report CSV
-    ``image,report[,labels]`` under `out`; return the CSV path.
-
-    Images are those of :func:`write_flair_dataset` for the same arguments, so one folder can
-    serve both formats. ``labels`` is the ``repr`` of the image's category list, as hospital
-    exports with extracted labels provide it.
-    """
-    if image_format not in ("png", "jpg"):
-        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
-    out = Path(out)
-    synth = FundusSynth(seed=seed, size=size, sites=sites)
-    rows = []
-    for i in range(n):
-        s = synth.sample(i)
-        row = [save_image(out, s, i, image_format), synthetic_report(synth, i)]
-        rows.append([*row, repr(s.categories)] if with_labels else row)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "reports.csv"
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["image", "report", "labels"] if with_labels else ["image", "report"])
-        writer.writerows(rows)
-    return path
