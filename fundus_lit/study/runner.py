@@ -120,6 +120,9 @@ def execute(study: Study, scale: Scale, runs: list[Run], say=print) -> None:
         eta = f", about {_minutes(sum(spent) / len(spent) * left)} left" if spent else ""
         say(f"[{done_before}/{total} runs done{eta}] {run.label}", flush=True)
         start = time.monotonic()
+        ckpt = run.run_dir() and run.run_dir() / "checkpoints" / "last.ckpt"
+        if run.marker("fit").exists() and not (ckpt and ckpt.exists()):
+            run.marker("fit").unlink()  # restored from a mirror without its checkpoint: refit
         if not run.marker("fit").exists():
             resumed = run.run_dir() is not None
             say(f"  fit{' (resuming from its last checkpoint)' if resumed else ''} ...", flush=True)
