@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .generator import CATEGORIES, Finding, FundusSynth, _Plan
-from .reports import IMPRESSION_NAMES, _Dice, _sentences
+from .generator import CATEGORIES, Finding, FundusSynth, Plan
+from .wording import IMPRESSION_NAMES, Dice, join_sentences
 
 __all__ = ["atlas_caption"]
 
-_NORMAL, _GLAUCOMA = CATEGORIES[0], CATEGORIES[5]
+NORMAL, GLAUCOMA = CATEGORIES[0], CATEGORIES[5]
 
 _DISC_KINDS = ("enlarged_cup", "peripapillary_atrophy")
 _VESSEL_KINDS = ("flame_haemorrhage", "new_vessels")
@@ -35,7 +35,7 @@ _VESSEL_KINDS = ("flame_haemorrhage", "new_vessels")
 # ------------------------------------------------------------------------------ wording helpers
 
 
-def _extent(n: int, singular: str, plural: str, d: _Dice) -> tuple[str, bool]:
+def _extent(n: int, singular: str, plural: str, d: Dice) -> tuple[str, bool]:
     """How much of a lesion there is, as an atlas grades it, and whether the verb is plural."""
     if n == 1:
         return f"{d.pick(('a single', 'one', 'an isolated'))} {singular}", False
@@ -52,7 +52,7 @@ def _extent(n: int, singular: str, plural: str, d: _Dice) -> tuple[str, bool]:
     return f"{d.pick(words)} {plural}", True
 
 
-def _where(region: str, d: _Dice, count: int = 1) -> str:
+def where_phrase(region: str, d: Dice, count: int = 1) -> str:
     if region == "diffuse":
         spread = ("in all four quadrants",) if count >= 4 else ()
         return d.pick(
@@ -81,9 +81,9 @@ def _be(plural: bool) -> str:
 # ------------------------------------------------------------------------------ finding sentences
 
 
-def _microaneurysm(f: Finding, d: _Dice) -> str:
+def _microaneurysm(f: Finding, d: Dice) -> str:
     amt, pl = _extent(f.count, "microaneurysm", "microaneurysms", d)
-    where = _where(f.region, d, f.count)
+    where = where_phrase(f.region, d, f.count)
     return d.pick(
         (
             f"{amt}, seen as tiny sharply outlined red dots, {_be(pl)} present {where}",
@@ -94,10 +94,10 @@ def _microaneurysm(f: Finding, d: _Dice) -> str:
     )
 
 
-def _haemorrhage(f: Finding, d: _Dice) -> str:
+def _haemorrhage(f: Finding, d: Dice) -> str:
     kind = d.pick(("dot and blot", "intraretinal", "blot"))
     amt, pl = _extent(f.count, f"{kind} haemorrhage", f"{kind} haemorrhages", d)
-    where = _where(f.region, d, f.count)
+    where = where_phrase(f.region, d, f.count)
     return d.pick(
         (
             f"{amt} {_be(pl)} scattered {where}, dark red with rounded edges",
@@ -107,9 +107,9 @@ def _haemorrhage(f: Finding, d: _Dice) -> str:
     )
 
 
-def _hard_exudate(f: Finding, d: _Dice) -> str:
+def _hard_exudate(f: Finding, d: Dice) -> str:
     amt, pl = _extent(f.count, "hard exudate", "hard exudates", d)
-    where = _where(f.region, d, f.count)
+    where = where_phrase(f.region, d, f.count)
     options = [
         f"{amt}, bright yellow waxy deposits with crisp margins, {_be(pl)} seen {where}",
         f"{where} there {_be(pl)} {amt} of yellow lipid",
@@ -119,9 +119,9 @@ def _hard_exudate(f: Finding, d: _Dice) -> str:
     return d.pick(options)
 
 
-def _cotton_wool_spot(f: Finding, d: _Dice) -> str:
+def _cotton_wool_spot(f: Finding, d: Dice) -> str:
     amt, pl = _extent(f.count, "cotton wool spot", "cotton wool spots", d)
-    where = _where(f.region, d, f.count)
+    where = where_phrase(f.region, d, f.count)
     return d.pick(
         (
             f"{amt}, {'fluffy white patches' if pl else 'a fluffy white patch'} with feathery "
@@ -131,7 +131,7 @@ def _cotton_wool_spot(f: Finding, d: _Dice) -> str:
     )
 
 
-def _new_vessels(f: Finding, d: _Dice) -> str:
+def _new_vessels(f: Finding, d: Dice) -> str:
     fronds, s = ("a fine frond", "s") if f.count == 1 else ("two fine fronds", "")
     if f.region == "optic disc":
         return d.pick(
@@ -141,7 +141,7 @@ def _new_vessels(f: Finding, d: _Dice) -> str:
                 f"a delicate tangle of new vessels loops over the disc, {fronds} in all",
             )
         )
-    where = _where(f.region, d, f.count)
+    where = where_phrase(f.region, d, f.count)
     return d.pick(
         (
             f"{fronds} of new vessels elsewhere (NVE) arise{s} {where}",
@@ -150,7 +150,7 @@ def _new_vessels(f: Finding, d: _Dice) -> str:
     )
 
 
-def _enlarged_cup(f: Finding, d: _Dice) -> str:
+def _enlarged_cup(f: Finding, d: Dice) -> str:
     cdr = d.pick(("0.7", "0.75", "0.8", "0.85"))
     return d.pick(
         (
@@ -164,9 +164,9 @@ def _enlarged_cup(f: Finding, d: _Dice) -> str:
     )
 
 
-def _drusen(f: Finding, d: _Dice) -> str:
+def _drusen(f: Finding, d: Dice) -> str:
     amt, pl = _extent(f.count, "druse", "drusen", d)
-    where = _where(f.region, d, f.count)
+    where = where_phrase(f.region, d, f.count)
     return d.pick(
         (
             f"{amt}, round yellow deposits beneath the retina, {_be(pl)} clustered {where}",
@@ -177,7 +177,7 @@ def _drusen(f: Finding, d: _Dice) -> str:
     )
 
 
-def _flame_haemorrhage(f: Finding, d: _Dice) -> str:
+def _flame_haemorrhage(f: Finding, d: Dice) -> str:
     amt, pl = _extent(f.count, "flame haemorrhage", "flame haemorrhages", d)
     q = f.region  # the occluded vein's quadrant
     return d.pick(
@@ -190,7 +190,7 @@ def _flame_haemorrhage(f: Finding, d: _Dice) -> str:
     )
 
 
-def _tessellation(f: Finding, d: _Dice) -> str:
+def _tessellation(f: Finding, d: Dice) -> str:
     return d.pick(
         (
             "the background is tessellated, large choroidal vessels showing through a thin "
@@ -200,7 +200,7 @@ def _tessellation(f: Finding, d: _Dice) -> str:
     )
 
 
-def _peripapillary_atrophy(f: Finding, d: _Dice) -> str:
+def _peripapillary_atrophy(f: Finding, d: Dice) -> str:
     return d.pick(
         (
             "a pale crescent of peripapillary atrophy borders the temporal disc margin",
@@ -209,7 +209,7 @@ def _peripapillary_atrophy(f: Finding, d: _Dice) -> str:
     )
 
 
-_PHRASES: dict[str, Callable[[Finding, _Dice], str]] = {
+FINDING_PHRASES: dict[str, Callable[[Finding, Dice], str]] = {
     "microaneurysm": _microaneurysm,
     "haemorrhage": _haemorrhage,
     "hard_exudate": _hard_exudate,
@@ -226,7 +226,7 @@ _PHRASES: dict[str, Callable[[Finding, _Dice], str]] = {
 # ------------------------------------------------------------------------------ caption sections
 
 
-def _opening(plan: _Plan, d: _Dice, titled: bool = False) -> str:
+def _opening(plan: Plan, d: Dice, titled: bool = False) -> str:
     """The view; a titled caption has named the eye already, so it is left out here."""
     side = "right" if plan.eye == "right" else "left"  # the disc is on the nasal side
     if titled:
@@ -246,7 +246,7 @@ def _opening(plan: _Plan, d: _Dice, titled: bool = False) -> str:
     return view
 
 
-def _quiet(section: str, plan: _Plan, d: _Dice) -> str:
+def _quiet(section: str, plan: Plan, d: Dice) -> str:
     """Unremarkable wording for a section without findings. Never "normal", which would affirm
     that label, and no "free of lesions" where lesions elsewhere may reach the spot."""
     diffuse = any(f.region == "diffuse" for f in plan.findings)
@@ -292,7 +292,7 @@ def _section(f: Finding) -> str:
     return "retina"
 
 
-def _named(plan: _Plan, d: _Dice) -> str:
+def _named(plan: Plan, d: Dice) -> str:
     """Every true category by a dictionary name or alias, as one noun phrase."""
     names = [d.pick(IMPRESSION_NAMES[cat]) for cat in plan.categories]
     if len(names) == 1:
@@ -306,8 +306,8 @@ def _named(plan: _Plan, d: _Dice) -> str:
     )
 
 
-def _diagnosis(plan: _Plan, named: str, d: _Dice) -> str:
-    if plan.categories == [_NORMAL]:
+def _diagnosis(plan: Plan, named: str, d: Dice) -> str:
+    if plan.categories == [NORMAL]:
         return d.pick(
             (
                 f"appearance of a {named}",
@@ -325,13 +325,13 @@ def _diagnosis(plan: _Plan, named: str, d: _Dice) -> str:
     )
 
 
-def _write(plan: _Plan, d: _Dice) -> str:
+def _write(plan: Plan, d: Dice) -> str:
     sections: dict[str, list[str]] = {"disc": [], "vessels": [], "macula": [], "retina": []}
     for f in plan.findings:
-        sections[_section(f)].append(_PHRASES[f.kind](f, d))
+        sections[_section(f)].append(FINDING_PHRASES[f.kind](f, d))
     body = []
     for name, sentences in sections.items():
-        if name == "disc" and _GLAUCOMA not in plan.categories and sentences:
+        if name == "disc" and GLAUCOMA not in plan.categories and sentences:
             sentences.insert(0, _quiet("disc", plan, d))  # atrophy or NVD, yet an ordinary cup
         body += sentences or [_quiet(name, plan, d)]
     if d.chance(0.3):
@@ -339,11 +339,11 @@ def _write(plan: _Plan, d: _Dice) -> str:
     named = _named(plan, d)
     if d.chance(0.25):  # atlas plates often lead with the diagnosis as a title
         title = f"{named} in the {plan.eye} eye: {_opening(plan, d, titled=True)}"
-        return _sentences([title, *body])
-    return _sentences([_opening(plan, d), *body, _diagnosis(plan, named, d)])
+        return join_sentences([title, *body])
+    return join_sentences([_opening(plan, d), *body, _diagnosis(plan, named, d)])
 
 
 def atlas_caption(synth: FundusSynth, index: int) -> str:
     """Atlas caption of image `index`; deterministic in (seed, index) and drawing-free, so it is
     cheap enough for ``Source.load()``."""
-    return _write(synth._plan(index), _Dice(np.random.default_rng([synth.seed, index, 3])))
+    return _write(synth._plan(index), Dice(np.random.default_rng([synth.seed, index, 3])))

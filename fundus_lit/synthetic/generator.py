@@ -186,7 +186,7 @@ class SynthSample:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     site: int
     categories: list[str]
     attributes: list[str]
@@ -257,7 +257,7 @@ class FundusSynth:
         self.p_two_conditions, self.p_noisy = p_two_conditions, p_noisy
         self.cameras = [camera(k) for k in range(sites)]
 
-    def _plan(self, index: int) -> _Plan:
+    def _plan(self, index: int) -> Plan:
         """All label-level choices; the uniforms are always drawn so that changing one
         probability does not reshuffle the other choices of the same index."""
         rng = np.random.default_rng([self.seed, index])
@@ -270,7 +270,7 @@ class FundusSynth:
             cats.append(partners[int(u_pick * len(partners))])
         findings = [f for c in cats for f in _findings(c, rng)]
         attributes = ["noisy" if u_noisy < self.p_noisy else "clean"]
-        return _Plan(site, cats, attributes, "right" if u_eye < 0.5 else "left", findings)
+        return Plan(site, cats, attributes, "right" if u_eye < 0.5 else "left", findings)
 
     def site_of(self, index: int) -> str:
         return self.cameras[self._plan(index).site].name
