@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fundus_lit.eval import retrieval
+from fundus_lit.eval import faiss_search
 from fundus_lit.eval.retrieval import (
     build_index,
     exact_search,
@@ -123,8 +123,8 @@ def test_exact_search_matches_brute_force(rng, block):
 
 def test_exact_search_full_scan_when_window_is_capped(rng, monkeypatch):
     # GPU indexes cap the window; emulate a tiny cap so ties must be settled by a gallery scan.
-    monkeypatch.setattr(retrieval, "_max_fetch", lambda index: min(index.ntotal, 6))
-    monkeypatch.setattr(retrieval, "_SCAN_CHUNK", 7)
+    monkeypatch.setattr(faiss_search, "_max_fetch", lambda index: min(index.ntotal, 6))
+    monkeypatch.setattr(faiss_search, "_SCAN_CHUNK", 7)
     gallery, queries = int_embeddings(rng, 60), int_embeddings(rng, 10)
     exclude = np.arange(10)
     index = build_index(4, "cpu")

@@ -126,7 +126,7 @@ def search(
 ) -> list[dict]:
     """The ``k`` most similar indexed cases to ``image``: rank, score and the stored metadata,
     ties broken by lower index row as in the retrieval metrics."""
-    from fundus_lit.eval.retrieval import exact_search
+    from fundus_lit.eval.faiss_search import exact_search
 
     image = Path(image)
     if not image.is_file():
