@@ -158,7 +158,7 @@ def test_preemption_signal_chains_the_previous_handler_and_saves_at_the_batch_en
         default_root_dir=str(tmp_path),
         save_checkpoint=lambda path, weights_only=None: saved.append((path, weights_only)),
     )
-    monkeypatch.setattr(resume, "preempted", None)
+    monkeypatch.setattr(resume.preemption, "preempted", None)
     callback = PreemptionCheckpoint()
     try:
         callback.on_train_start(trainer, None)
