@@ -50,223 +50,32 @@ Rules, in order:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Literal
 
+from fundus_lit.data.label_vocabulary import label_vocabulary, multi_hot, vocabulary_of
+from fundus_lit.data.report_text import (
+    AMBIGUOUS_ALIASES,
+    BOILERPLATE,
+    CUES,
+    EYE_RE,
+    NEG,
+    NORMAL_REMARKS,
+    SENTENCE_RE,
+    STOP,
+    STOPWORDS,
+    SYNONYMS,
+    TITLE_RE,
+    UNC,
+    WORD_RE,
+    fold_word,
+    prepare_text,
+    report_words,
+)
 from fundus_lit.knowledge import KnowledgeBase, category_key
 
-#: Frequent report phrasing the dictionary lacks: phrase -> dictionary category. Applied only when
-#: the category is in the vocabulary and no dictionary name or alias already claims the phrase.
-SYNONYMS: dict[str, str] = {
-    "tessellated": "tessellation",  # "the fundus is tessellated"
-    "leopard fundus": "tessellation",  # common translation of tessellated fundus
-    "cupping": "optic disc cupping",  # "cupping of the disc", "glaucomatous cupping"
-    "photocoagulation": "laser scars",  # "laser photocoagulation", "s/p photocoagulation"
-    "cotton wool": "cotton wool spots",  # "cotton-wool patches"
-    "retinal bleeding": "hemorrhages",
-    "swollen disc": "optic disc edema",
-    "hypertensive changes": "hypertensive retinopathy",
-    "tiny red dot": "microaneurysms",  # "tiny red dots, consistent with microaneurysms"
-    "small red dot": "microaneurysms",
-    # a thinning neuroretinal rim is the enlarging cup seen from the rim: one glaucomatous change
-    "neuroretinal rim thinning": "optic disc cupping",
-    "thinning of the neuroretinal rim": "optic disc cupping",
-    "thin neuroretinal rim": "optic disc cupping",
-    "rim thinning": "optic disc cupping",
-}
-#: Phrases that describe a healthy structure. A small or physiological cup is the normal disc,
-#: not a label of its own: mapping it to ``normal`` would state a verdict on the whole eye from
-#: one structure (``normal`` is residual, and a restricted vocabulary may leave out the finding
-#: that should drop it), and to ``no glaucoma`` would infer a diagnosis from a sign. They are
-#: whole phrases rather than :data:`_BOILERPLATE` words because single words are not safe:
-#: "well perfused" is normal, "poorly perfused" is ischaemia; "foveal reflex present" is normal,
-#: "dull foveal reflex" is not.
-NORMAL_REMARKS: tuple[str, ...] = (
-    "small cup",
-    "small optic cup",
-    "physiological cup",
-    "physiologic cup",
-    "physiological cupping",
-    "physiologic cupping",
-    "foveal reflex present",
-    "foveal reflex seen",
-    "foveal reflex visible",
-    "well perfused",
-    "well defined margin",
-)
-#: Cup-to-disc ratio bands: 0.7 or more is the usual screening threshold of a large cup, and
-#: below 0.6 is within the normal range. A ratio in between is borderline, a call the report's
-#: other words must make, so it is left as written and stays visible among unmapped phrases.
-LARGE_CDR, NORMAL_CDR_BELOW = Decimal("0.7"), Decimal("0.6")
-#: Dictionary aliases not matched in running text: "no fundus" (of "no fundus image") is the
-#: start of "no fundus abnormality" far more often than a verdict on the photograph.
-AMBIGUOUS_ALIASES = frozenset({"no fundus"})
-
-
-def _phrases(text: str, sep: str = "|") -> list[str]:
-    """The entries of a separated table string (keeps the word tables compact)."""
-    return text.split(sep)
-
-
-# cue phrase -> (kind, covers earlier mentions, covers later mentions)
-_NEG, _UNC, _STOP = "neg", "unc", "stop"
-_CUES: dict[str, tuple[str, bool, bool]] = {
-    **dict.fromkeys(
-        _phrases(
-            "no|not|without|absence of|negative for|free of|no sign of|no evidence of"
-            "|nor|neither|lack of|never|denies|rules out"
-        ),
-        (_NEG, False, True),
-    ),
-    **dict.fromkeys(
-        _phrases(
-            "absent|not seen|not present|not detected|not observed|not identified|not noted"
-            "|not visible|not found|ruled out|excluded|negative|resolved"
-        ),
-        (_NEG, True, False),
-    ),
-    **dict.fromkeys(
-        _phrases(
-            "possible|possibly|suspected|suspect|suspicious|suspicious for|suspicious of"
-            "|suspicion of|suspicion|probable|probably|likely|may|may be|might|could be|query"
-            "|questionable|equivocal|borderline|?|rule out|to rule out|r o|cannot exclude"
-            "|can not exclude|cannot rule out|can not rule out"
-        ),
-        (_UNC, True, True),
-    ),
-    # what comes before "suggestive of" is the evidence, stated as fact: "CDR 0.8 suggestive of
-    # glaucoma" is a large cup and uncertain glaucoma
-    "suggestive of": (_UNC, False, True),
-    **dict.fromkeys(
-        _phrases(
-            "cannot be excluded|can not be excluded|not excluded|not ruled out"
-            "|cannot be ruled out|can not be ruled out"
-        ),
-        (_UNC, True, False),
-    ),
-    **dict.fromkeys(
-        _phrases(
-            "but|however|although|though|whereas|while|except|except for|apart from|aside from"
-            "|other than|besides|otherwise"
-        ),
-        (_STOP, False, False),
-    ),
-}
-# words that make a mention-free segment normal or administrative boilerplate, not a finding
-_BOILERPLATE = frozenset(
-    _phrases(
-        "normal unremarkable healthy clear intact sharp pink flat attached good regular stable"
-        " unchanged wnl nad nil follow review refer referral recommend recommended advise advised"
-        " repeat appointment month week year annual screening clinic ophthalmologist",
-        " ",
-    )
-)
-_STOPWORDS = frozenset(
-    _phrases(
-        "the and for with are was were been there this that these those its from both left right"
-        " eye fundus retina retinal photograph image picture show showing shown seen noted present"
-        " visible observed found appear appears also some few several area region side which has"
-        " have had into onto over under near around"
-        " disc optic macula fovea vessel",  # a structure named alone states no finding
-        " ",
-    )
-)
-
-_EYE = re.compile(r"\b(?:(?:left|right|both)\s+eyes?|od|os|ou)\s*[:\-]", re.IGNORECASE)
-_SENTENCE = re.compile(r"(?<=[.!?;])\s+|(?<=;)|\n+")
-_WORD = re.compile(r"[a-z0-9]+|[?,]")
-_TITLE = re.compile(r"\bDr\.(?=\s+[A-Z][a-z])")  # "Dr. Smith" is a doctor, not retinopathy
-_PREFIX = re.compile(
-    r"\b(non|pre|intra)(?=(?:proliferative|exudative|neovascular|retinal|diabetic|glaucomatous)\b)"
-)
-# "CDR 0.8", "vertical cup-to-disc ratio of 0.75", "C/D 0.3", "cup:disc ratio = .4"
-_CDR = re.compile(
-    r"(?<![a-z0-9])(?:v?cdr|c\s*[/:]\s*d(?:\s+ratio)?|cd\s+ratio"
-    r"|cup\s*[-:/]?\s*(?:to\s*-?\s*)?disc(?:\s+ratio)?)"
-    r"(?:\s*(?:[:=~]|of|is|was|about|approximately|around)(?![a-z]))*\s*"
-    r"(\d*\.\d+|[01](?![.\d]))"
-)
-_SPELLING = (("aem", "em"), ("oedem", "edem"), ("isation", "ization"), ("fibre", "fiber"))
-_SPELLING += (("naev", "nev"), ("centre", "center"), ("tesselat", "tessellat"))
-
-
-def _fold(word: str) -> str:
-    """One spelling per word, so dictionary and report need not agree on British/US or number."""
-    for old, new in _SPELLING:
-        word = word.replace(old, new)
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
-def _cdr_phrase(match: re.Match[str]) -> str:
-    """A ratio as the words for its cup: "large cup to disc ratio" is a dictionary alias of
-    optic disc cupping and "small cup" a normal remark, so the usual rules take it from there.
-    Decimal, so a ratio on a band edge compares as written rather than as a binary float."""
-    value = Decimal(match.group(1))
-    if value >= LARGE_CDR:
-        return f"large cup to disc ratio {match.group(1)}"
-    if value < NORMAL_CDR_BELOW:
-        return f"small cup to disc ratio {match.group(1)}"
-    return match.group(0)
-
-
-def _prepare(text: str) -> str:
-    text = _TITLE.sub("doctor", text).lower().replace("can't", "cannot").replace("n't", " not")
-    text = _CDR.sub(_cdr_phrase, text)
-    return _PREFIX.sub(r"\1 ", re.sub(r"'s\b|'", "", text))
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(_fold(w) for w in _WORD.findall(_prepare(text)))
-
-
-def label_vocabulary(
-    names: list[str] | None = None, knowledge: list[str] | None = None
-) -> list[str]:
-    """The ordered label names of the multi-hot vectors: canonical dictionary names, so a label
-    list written with aliases ("AMD") gives the same columns as one written with names."""
-    return _vocabulary(KnowledgeBase.load(knowledge or []), names)
-
-
-def _vocabulary(kb: KnowledgeBase, names: Sequence[str] | None) -> list[str]:
-    if names is None:
-        return kb.names()
-    out: dict[str, str] = {}  # canonical name -> the name the user wrote
-    for name in names:
-        cat = kb.get(name)
-        if cat is None:
-            raise ValueError(
-                f"label {name!r} is neither a category nor an alias of the knowledge dictionary"
-            )
-        if cat.name in out:
-            raise ValueError(
-                f"labels {out[cat.name]!r} and {name!r} are the same category {cat.name!r}"
-            )
-        out[cat.name] = name
-    return list(out)
-
-
-def multi_hot(labels: Iterable[str], vocabulary: Sequence[str]) -> tuple[float, ...]:
-    """The 0/1 vector of ``labels`` over ``vocabulary``; an unknown label is an error rather than
-    a silently dropped column."""
-    index = {category_key(name): i for i, name in enumerate(vocabulary)}
-    out = [0.0] * len(vocabulary)
-    for label in labels:
-        i = index.get(category_key(label))
-        if i is None:
-            shown = ", ".join(vocabulary[:8]) + (", ..." if len(vocabulary) > 8 else "")
-            raise KeyError(
-                f"label {label!r} is not in the label vocabulary "
-                f"({len(vocabulary)} labels: {shown})"
-            )
-        out[i] = 1.0
-    return tuple(out)
+__all__ = ["Extraction", "LabelExtractor", "label_vocabulary", "multi_hot"]
 
 
 @dataclass(frozen=True)
@@ -324,12 +133,12 @@ class LabelExtractor:
         if uncertain not in ("positive", "negative"):
             raise ValueError(f"uncertain must be 'positive' or 'negative', got {uncertain!r}")
         self.knowledge = KnowledgeBase.load(knowledge or [])
-        self.vocabulary: list[str] = _vocabulary(self.knowledge, vocabulary)
+        self.vocabulary: list[str] = vocabulary_of(self.knowledge, vocabulary)
         self.uncertain = uncertain
         self._order = {name: i for i, name in enumerate(self.vocabulary)}
         self._table, self._longest = self._build_table()
-        self._absence = {m.base: m.category for m in self._table.values() if _is(m, _NEG)}
-        self._suspicion = {m.base: m.category for m in self._table.values() if _is(m, _UNC)}
+        self._absence = {m.base: m.category for m in self._table.values() if _is(m, NEG)}
+        self._suspicion = {m.base: m.category for m in self._table.values() if _is(m, UNC)}
         self._normal = next((n for n in self.vocabulary if category_key(n) == "normal"), None)
         self._not_findings = {self._normal, *self._absence.values()}
 
@@ -342,13 +151,13 @@ class LabelExtractor:
             cat = self.knowledge[name]
             for phrase in (cat.name, *cat.aliases):
                 if category_key(phrase) not in AMBIGUOUS_ALIASES:
-                    phrases.setdefault(_words(phrase), cat.name)
+                    phrases.setdefault(report_words(phrase), cat.name)
         for phrase, name in SYNONYMS.items():
             if name in self._order:
-                phrases.setdefault(_words(phrase), name)
-        cues = {_words(c): _Cue(*spec) for c, spec in _CUES.items()}
+                phrases.setdefault(report_words(phrase), name)
+        cues = {report_words(c): _Cue(*spec) for c, spec in CUES.items()}
         table: dict[tuple[str, ...], _Mention | _Cue | _Remark] = dict(cues)
-        table.update(dict.fromkeys(map(_words, NORMAL_REMARKS), _Remark()))
+        table.update(dict.fromkeys(map(report_words, NORMAL_REMARKS), _Remark()))
         for words, name in phrases.items():
             table[words] = self._mention(words, name, phrases, cues)
         return table, max(len(w) for w in table)
@@ -365,7 +174,7 @@ class LabelExtractor:
                 (cues.get(words[:n]), words[n:], True),
                 (cues.get(words[-n:]), words[:-n], False),
             ):
-                if cue and cue.kind != _STOP and (cue.forward if opens else cue.backward):
+                if cue and cue.kind != STOP and (cue.forward if opens else cue.backward):
                     base = phrases.get(rest)
                     return _Mention(name, cue.kind, base if base != name else None, opens)
         return _Mention(name)
@@ -392,9 +201,9 @@ class LabelExtractor:
         """(category, status) of every mention and derived class of one sentence."""
         out: list[tuple[str, str]] = []
         clause: list[tuple[_Match, int]] = []  # matches of the current clause, with segment
-        for match in [*matches, _Match(-1, -1, _Cue(_STOP, False, False))]:
+        for match in [*matches, _Match(-1, -1, _Cue(STOP, False, False))]:
             item = match.item
-            if isinstance(item, _Cue) and item.kind == _STOP:
+            if isinstance(item, _Cue) and item.kind == STOP:
                 out += [s for m, seg in clause for s in self._status(m, seg, clause)]
                 clause = []
             else:
@@ -418,31 +227,31 @@ class LabelExtractor:
                 cue.backward and other.start >= match.end and other_seg == seg
             ):
                 kinds.add(cue.kind)
-        if item.cue is not None and (item.cue == _NEG or _NEG not in kinds):
-            status = "negative" if item.cue == _NEG else "uncertain"
+        if item.cue is not None and (item.cue == NEG or NEG not in kinds):
+            status = "negative" if item.cue == NEG else "uncertain"
             return [(item.category, "positive")] + ([(item.base, status)] if item.base else [])
-        if _NEG in kinds:
+        if NEG in kinds:
             derived = self._absence.get(item.category)
             return [(item.category, "negative")] + ([(derived, "positive")] if derived else [])
-        if _UNC in kinds:
+        if UNC in kinds:
             derived = self._suspicion.get(item.category)
             return [(item.category, "uncertain")] + ([(derived, "positive")] if derived else [])
         return [(item.category, "positive")]
 
     def _unmapped(self, sentence: str, matches: list[_Match]) -> list[str]:
         """Mention-free, finding-like comma segments of one sentence, as written (lower case)."""
-        if any(isinstance(m.item, _Cue) and m.item.kind == _NEG for m in matches):
+        if any(isinstance(m.item, _Cue) and m.item.kind == NEG for m in matches):
             return []
-        text = _prepare(sentence)
-        spans = [m.span() for m in _WORD.finditer(text)]
+        text = prepare_text(sentence)
+        spans = [m.span() for m in WORD_RE.finditer(text)]
         out = []
         bounds = [-1] + [m.start for m in matches if m.item is None] + [len(spans)]
         for lo, hi in zip(bounds, bounds[1:]):
             if any(isinstance(m.item, (_Mention, _Remark)) and lo < m.start < hi for m in matches):
                 continue
-            words = [_fold(text[a:b]) for a, b in spans[lo + 1 : hi]]
-            content = [w for w in words if len(w) > 2 and w.isalpha() and w not in _STOPWORDS]
-            if content and not _BOILERPLATE.intersection(words) and lo + 1 < hi:
+            words = [fold_word(text[a:b]) for a, b in spans[lo + 1 : hi]]
+            content = [w for w in words if len(w) > 2 and w.isalpha() and w not in STOPWORDS]
+            if content and not BOILERPLATE.intersection(words) and lo + 1 < hi:
                 out.append(" ".join(text[spans[lo + 1][0] : spans[hi - 1][1]].split()))
         return out
 
@@ -451,10 +260,10 @@ class LabelExtractor:
         best: dict[str, str] = {}
         unmapped: dict[str, None] = {}
         rank = {"positive": 2, "uncertain": 1, "negative": 0}
-        for section in _EYE.split(_TITLE.sub("doctor", report or "")):
+        for section in EYE_RE.split(TITLE_RE.sub("doctor", report or "")):
             found: list[tuple[str, str]] = []
-            for sentence in _SENTENCE.split(section):
-                words = _words(sentence)
+            for sentence in SENTENCE_RE.split(section):
+                words = report_words(sentence)
                 matches = self._scan(words)
                 found += self._assess(matches)
                 unmapped.update(dict.fromkeys(self._unmapped(sentence, matches)))
