@@ -226,3 +226,15 @@ def test_print_commands_shows_the_ordinary_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count(" fit ") == 2 and "--seed_everything=0" in printed
     assert "--ckpt_path=last" in printed and " evaluate " in printed
+
+
+def test_a_cell_that_does_not_parse_fails_before_anything_trains(tmp_path):
+    from fundus_lit.commands import ablate
+
+    path = _tiny_study(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    study["cells"][1]["args"] = ["--model.init_args.optim.lrr=1e-3"]
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=r"cell 'flair' does not parse(.|\n)*lrr"):
+        ablate.run(["--study", str(path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "clip").exists()  # nothing ran

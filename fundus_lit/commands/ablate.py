@@ -52,6 +52,34 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def check_cells(study, scale: Scale, runs: list) -> None:
+    """Parse every cell's fit command (``--print_config``) before anything trains, so a typo in a
+    cell's args or an overlay that does not compose fails now, naming the cell, not hours in."""
+    import contextlib
+    import io
+
+    from fundus_lit.commands.train import cli_main
+
+    for run in runs:
+        if run.seed != runs[0].seed:
+            break  # the seed changes nothing that parses
+        args = [a for a in fit_command(study, scale, run)[3:] if not a.startswith("--ckpt_path")]
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli_main([*args, "--print_config"])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code or 0
+        except Exception as error:  # noqa: BLE001 - reported with the cell's name below
+            code, err = 2, io.StringIO(str(error))
+        if code:
+            raise ConfigError(
+                f"{study.path}: cell {run.cell.name!r} does not parse:\n"
+                + err.getvalue().strip()[-2000:]
+            )
+
+
 def run(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     study = load_study(args.study)
@@ -78,6 +106,7 @@ def run(argv: list[str] | None = None) -> None:
         flush=True,
     )
     if not args.report_only:
+        check_cells(study, scale, runs)
         execute(study, scale, runs)
     info = machine()
     header = {
