@@ -29,9 +29,10 @@ from results import report
 from torch.utils.flop_counter import FlopCounterMode
 
 from fundus_lit.data.batch import Batch
+from fundus_lit.models.outputs import full_precision
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
-from fundus_lit.module import PretrainModule, full_precision
+from fundus_lit.module import PretrainModule
 from fundus_lit.objectives import FLAIRObjective
 from fundus_lit.optim import OptimConfig
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -19,31 +18,13 @@ from fundus_lit.core.distributed import world
 from fundus_lit.core.quiet import quiet_eval_mode_warning
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig, Projection
-from fundus_lit.models.outputs import ModelOutputs
+from fundus_lit.models.outputs import ModelOutputs, full_precision
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
+from fundus_lit.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: F401 (public here)
 from fundus_lit.objectives.base import Objective
 from fundus_lit.objectives.clip import CLIPObjective
 from fundus_lit.optim import OptimConfig, adamw_with_schedule
-
-
-def full_precision(outputs: ModelOutputs) -> ModelOutputs:
-    """The global embeddings and scale in fp32 (dense features stay as computed)."""
-    text = None if outputs.text_emb is None else outputs.text_emb.float()
-    extra = {
-        k: full_precision(v) if isinstance(v, ModelOutputs) else v for k, v in outputs.extra.items()
-    }
-    return replace(
-        outputs,
-        image_emb=outputs.image_emb.float(),
-        text_emb=text,
-        scale=outputs.scale.float(),
-        extra=extra,
-    )
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss stayed NaN or infinite for ``max_nonfinite_steps`` steps in a row."""
 
 
 class PretrainModule(L.LightningModule):
@@ -66,19 +47,12 @@ class PretrainModule(L.LightningModule):
             update), counted in ``train/nonfinite_steps`` and reported with its loss terms. This
             many in a row stop the run with :class:`NonFiniteLossError`; 0 switches the guard
             off (it reads the loss on the host each step, a device sync).
-        grad_cache: Chunk size (samples) of the gradient cache (:mod:`fundus_lit.grad_cache`);
-            null or 0 trains on the whole batch at once. With it, each step embeds the batch in
-            chunks without graphs, computes the loss on all embeddings, then replays each chunk's
-            forward with a graph to backpropagate: the contrastive batch stays whole (same loss
-            and gradients) while activation memory is that of one chunk, for about one extra
-            forward pass of compute. Only objectives on the public stream that need nothing but
-            the global embeddings (CLIP, FLAIR, WSC) can run under it. The step uses Lightning's
-            manual optimisation; ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``
-            still apply (clipped in :meth:`on_before_optimizer_step`, after AMP unscaling);
-            ``accumulate_grad_batches`` > 1 and sharded strategies (FSDP, DeepSpeed) are refused.
-            BatchNorm towers normalise each chunk with its own statistics (like DDP ranks
-            without SyncBatchNorm); ``on_after_backward`` hooks see only the loss's direct
-            gradients (logit scale), the encoder's arrive after it.
+        grad_cache: Chunk size (samples) of the gradient cache (:mod:`fundus_lit.grad_cache`):
+            the contrastive batch stays whole (same loss and gradients) while activation memory
+            is one chunk's, for about one extra forward pass; null or 0 is off. Only public-stream
+            objectives that need nothing but the global embeddings (CLIP, FLAIR, WSC) run under
+            it; it uses manual optimisation (``gradient_clip_val`` still applies) and refuses
+            ``accumulate_grad_batches`` > 1 and sharded strategies.
     """
 
     def __init__(
@@ -96,10 +70,7 @@ class PretrainModule(L.LightningModule):
         max_nonfinite_steps: int = 5,
     ) -> None:
         super().__init__()
-        if max_nonfinite_steps < 0:
-            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self.nonfinite_steps, self._nonfinite_run, self._step_skipped = 0, 0, False
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self._terms: dict[str, Tensor] = {}
         if grad_cache is not None and grad_cache < 0:
             raise ValueError(
@@ -206,7 +177,7 @@ class PretrainModule(L.LightningModule):
         self._step_started = now
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self._step_skipped = False
+        self.nonfinite.skipped = False
         if not self.automatic_optimization:  # grad_cache (switched on in setup)
             return self._grad_cache_step(batch)
         loss, _ = self._step(batch, "train")
@@ -220,30 +191,16 @@ class PretrainModule(L.LightningModule):
 
     def _skip_nonfinite(self, loss: Tensor, batch_size: int) -> bool:
         """Whether this step must be dropped because its loss is not finite on some rank."""
-        if not self.max_nonfinite_steps:
+        strategy = self.trainer.strategy
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if not self.nonfinite.check(
+            loss, lambda bad: strategy.reduce_boolean_decision(bad, all=False), where, self._terms
+        ):
             return False
-        # every rank skips, or none: DDP must step together (a no-op on one device)
-        bad = self.trainer.strategy.reduce_boolean_decision(
-            not bool(torch.isfinite(loss.detach())), all=False
-        )
-        if not bad:
-            self._nonfinite_run = 0
-            return False
-        self.nonfinite_steps += 1
-        self._nonfinite_run += 1
-        self._step_skipped = True
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch_size)
+        steps = float(self.nonfinite.steps)
+        self.log("train/nonfinite_steps", steps, batch_size=batch_size)
         for obj in self.objectives:
             obj.on_step_skipped()
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self._terms.items())
-        where = f"step {self.global_step} (epoch {self.current_epoch})"
-        if self._nonfinite_run >= self.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"the loss was not finite for {self._nonfinite_run} steps in a row, the last at "
-                f"{where}: {terms}. Lower optim.lr, check the data, train in bf16-mixed or "
-                "32-true rather than 16-mixed, or raise model.init_args.max_nonfinite_steps."
-            )
-        rank_zero_warn(f"{where}: the loss is not finite ({terms}); the step is skipped")
         return True
 
     def _log_train_state(self, batch_size: int) -> None:
@@ -306,7 +263,7 @@ class PretrainModule(L.LightningModule):
             self.automatic_optimization = False
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._step_skipped:  # no gradient, no update (not even weight decay or momentum)
+        if self.nonfinite.skipped:  # no gradient, no update (not even weight decay or momentum)
             optimizer.zero_grad(set_to_none=True)
             return
         if not self.automatic_optimization:  # automatic optimisation clips after this hook
@@ -341,7 +298,7 @@ class PretrainModule(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)  # runs training_step inside
-        if self._step_skipped:  # the optimiser found no gradients: nothing moved, nor may EMAs
+        if self.nonfinite.skipped:  # the optimiser found no gradients: nothing moved, nor may EMAs
             return
         for obj in self.objectives:
             obj.after_optimizer_step(self.encoder)

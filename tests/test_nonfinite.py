@@ -14,7 +14,7 @@ from torch import Tensor
 
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.outputs import ModelOutputs
-from fundus_lit.module import NonFiniteLossError
+from fundus_lit.nonfinite import NonFiniteLossError
 from fundus_lit.objectives import CLIPObjective
 from tests.test_distributed import _free_port
 from tests.test_grad_cache import B, batches, make_module, rows_of
@@ -80,7 +80,7 @@ def test_nan_steps_are_skipped_counted_and_training_goes_on(grad_cache, precisio
     snapshots = Snapshots()
     with pytest.warns(UserWarning, match=r"step 1 .*not finite \(nan_clip=nan\)"):
         trainer = fit(module, 5, [snapshots], precision=precision)
-    assert module.nonfinite_steps == 2
+    assert module.nonfinite.steps == 2
     # automatic optimisation counts the dropped steps too (the optimiser ran, on no gradients)
     assert trainer.global_step == (5 if grad_cache is None else 3)
     before = snapshots.before
@@ -93,7 +93,7 @@ def test_nan_steps_are_skipped_counted_and_training_goes_on(grad_cache, precisio
 
 def test_nan_steps_in_a_row_stop_the_run_naming_step_and_terms():
     module = make_module(objectives=[NaNAt({1, 2, 3, 4})], vision="test_resnet")
-    module.max_nonfinite_steps = 3
+    module.nonfinite.max_steps = 3
     expected = r"3 steps in a row.*step 3 .*nan_clip=nan"
     with pytest.raises(NonFiniteLossError, match=expected), pytest.warns(UserWarning):
         fit(module, 6)
@@ -101,9 +101,9 @@ def test_nan_steps_in_a_row_stop_the_run_naming_step_and_terms():
 
 def test_the_guard_can_be_switched_off():
     module = make_module(objectives=[NaNAt({0})], vision="test_resnet")
-    module.max_nonfinite_steps = 0
+    module.nonfinite.max_steps = 0
     fit(module, 1)
-    assert module.nonfinite_steps == 0
+    assert module.nonfinite.steps == 0
     assert not all(torch.isfinite(p).all() for p in module.encoder.parameters() if p.requires_grad)
 
 
@@ -123,7 +123,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         use_distributed_sampler=False,
     )
     params = {k: v.detach().clone() for k, v in module.encoder.named_parameters()}
-    torch.save({"skipped": module.nonfinite_steps, "params": params}, Path(out_dir) / f"{rank}.pt")
+    torch.save({"skipped": module.nonfinite.steps, "params": params}, Path(out_dir) / f"{rank}.pt")
 
 
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor
@@ -33,3 +33,18 @@ class ModelOutputs:
     token_states: Tensor | None = None  # last hidden states of the text tower (B, T, H)
     attention: Tensor | None = None  # attention pool's per-head attention (B, heads, h, w)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the expert stream's outputs
+
+
+def full_precision(outputs: ModelOutputs) -> ModelOutputs:
+    """The global embeddings and scale in fp32 (dense features stay as computed)."""
+    text = None if outputs.text_emb is None else outputs.text_emb.float()
+    extra = {
+        k: full_precision(v) if isinstance(v, ModelOutputs) else v for k, v in outputs.extra.items()
+    }
+    return replace(
+        outputs,
+        image_emb=outputs.image_emb.float(),
+        text_emb=text,
+        scale=outputs.scale.float(),
+        extra=extra,
+    )
