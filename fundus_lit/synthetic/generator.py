@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from . import anatomy, lesions
+from . import anatomy, lesions, vessels
 
 CATEGORIES: tuple[str, ...] = (
     "normal",
@@ -305,7 +305,7 @@ class FundusSynth:
         cdr = rng.uniform(0.65, 0.85) if glaucoma else rng.uniform(0.3, 0.45)
         anatomy.draw_disc(canvas, lay, rng, cdr, rng.uniform(0.1, 0.35) if glaucoma else 0.0)
         rvo = kinds.get("flame_haemorrhage")
-        anatomy.draw_vessels(canvas, anatomy.build_vessels(lay, rng, rvo.region if rvo else None))
+        vessels.draw_vessels(canvas, vessels.build_vessels(lay, rng, rvo.region if rvo else None))
         for f in plan.findings:
             lesions.paint(canvas, rng, lay, f.kind, f.region, f.count)
         image = photograph(canvas.rgb, lay, rng, cam, noisy)

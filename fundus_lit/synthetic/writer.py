@@ -106,7 +106,7 @@ def write_report_dataset(
     with_labels: bool = True,
 ) -> Path:
     """n images with a free-text report each, ``reports.csv`` (``image,report[,labels]``, the
-    layout :class:`~fundus_lit.data.reports.ReportCSVSource` reads); returns the CSV path.
+    layout :class:`~fundus_lit.data.sources.reports.ReportCSVSource` reads); returns the CSV path.
     ``labels`` is the ``repr`` of the image's category list, as hospital exports with extracted
     labels provide it."""
     synth = FundusSynth(seed=seed, size=size, sites=sites)
