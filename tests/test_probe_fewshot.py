@@ -11,14 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from fundus_lit.eval import probe
-from fundus_lit.eval.fewshot import (
-    METHODS,
-    FewShotConfig,
-    clip_adapter,
-    fewshot_eval,
-    tip_adapter,
-    tip_adapter_f,
-)
+from fundus_lit.eval.adapters import clip_adapter, tip_adapter, tip_adapter_f
+from fundus_lit.eval.fewshot import METHODS, FewShotConfig, fewshot_eval
 from fundus_lit.eval.probe import ProbeConfig, linear_probe, sample_support
 
 SCALE = 1 / 0.07

@@ -8,9 +8,7 @@ a markdown report, TensorBoard scalars next to the training curves, and confusio
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -18,6 +16,7 @@ import torch
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
+from fundus_lit.eval.config import parse_tasks
 from fundus_lit.eval.features import Features, extract_features
 from fundus_lit.eval.loading import instantiate_for_model, load_encoder
 from fundus_lit.eval.report import (
@@ -31,54 +30,6 @@ from fundus_lit.eval.zeroshot import ZeroShot
 from fundus_lit.knowledge import category_key
 
 logger = logging.getLogger(__name__)
-TASKS = ("zeroshot", "probe", "fewshot", "retrieval", "segmentation")
-DEFAULT_TASKS = ("zeroshot", "probe", "fewshot", "retrieval")
-
-
-@dataclass
-class PromptConfig:
-    """How class prompts are written for zero-shot and the adapters' prototypes.
-
-    Args:
-        knowledge: Extra knowledge YAML files over the built-in dictionary.
-        renormalize: L2-normalise each class prototype.
-        template: Prompt with a ``[CLS]`` placeholder.
-    """
-
-    knowledge: list[str] = field(default_factory=list)
-    renormalize: bool = True
-    template: str = "A fundus photograph of [CLS]"
-
-
-@dataclass
-class RetrievalConfig:
-    """Retrieval tasks of the evaluation.
-
-    Args:
-        ks: Cut-offs of R@k and mAP@k.
-        tasks: ``i2t`` and ``t2i`` (pair relevance: an image's own text; identical texts count as
-            one text), ``i2i`` (case retrieval: evaluation images against the training split, or
-            leave-one-out within the evaluation split when there is no training split).
-        case_relevance: ``categories``: a case is relevant when it shares any category with the
-            query; ``class``: only when the first categories match.
-        device: Where FAISS searches: ``auto`` uses a GPU index when FAISS and CUDA allow.
-    """
-
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    tasks: list[Literal["i2t", "t2i", "i2i"]] = field(default_factory=lambda: ["i2t", "t2i", "i2i"])
-    case_relevance: Literal["categories", "class"] = "categories"
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-
-
-def parse_tasks(tasks: str | list[str] | None) -> list[str]:
-    if tasks is None:
-        return list(DEFAULT_TASKS)
-    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    names = [t.strip() for t in names if t.strip()]
-    unknown = [t for t in names if t not in TASKS]
-    if unknown or not names:
-        raise DataError(f"unknown evaluation task(s) {unknown or names}; choose from {TASKS}")
-    return names
 
 
 def default_out(ckpt: Path) -> Path:
