@@ -19,8 +19,8 @@ from fundus_lit.cli import main
 from fundus_lit.data import DataError, FlairCSVSource, FundusDataModule
 from fundus_lit.data.bad_input import BadInputError, BadSample, SkipLog
 from fundus_lit.data.dataset import Collator, PairedCollator, Sample
-from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import read_rgb
+from fundus_lit.data.sources.reports import ReportCSVSource
 from fundus_lit.data.text import ReportTextBuilder, TemplateTextBuilder
 from fundus_lit.synthetic import write_flair_dataset, write_report_dataset
 from tests.conftest import MINILM

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fundus_lit.core.errors import DataError
-from fundus_lit.data.captions import CaptionCSVSource
+from fundus_lit.data.sources.captions import CaptionCSVSource
 from fundus_lit.synthetic import FundusSynth
 from fundus_lit.synthetic.atlas import atlas_caption
 from fundus_lit.synthetic.reports import IMPRESSION_NAMES

@@ -15,8 +15,8 @@ from PIL import Image
 from fundus_lit.commands.labels import run as labels_command
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.labels import Extraction, LabelExtractor, label_vocabulary, multi_hot
-from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import parse_list_cell
+from fundus_lit.data.sources.reports import ReportCSVSource
 from fundus_lit.synthetic import CATEGORIES, FundusSynth, report_details
 from fundus_lit.synthetic.reports import IMPLIED_BY
 
@@ -262,7 +262,7 @@ def test_report_source_extracts_labels(tmp_path, caplog):
         ["other/d.png", "Arteriovenous nicking."],
     ]
     source = ReportCSVSource(str(write_reports(tmp_path, rows)), labels=["drusen", "glaucoma"])
-    with caplog.at_level(logging.INFO, logger="fundus_lit.data.reports"):
+    with caplog.at_level(logging.INFO, logger="fundus_lit.data.sources.reports"):
         records = source.load()
     source.check(records)
     assert [r.dataset for r in records] == ["hosp", "hosp", "hosp", "other"]
@@ -292,7 +292,7 @@ def test_report_source_uses_given_labels(tmp_path, caplog):
     assert records[1].categories == ("drusen",)
     assert records[2].categories == () and not any(records[2].labels)
     assert len(records[0].labels) == 90 and sum(records[0].labels) == 2
-    with caplog.at_level(logging.WARNING, logger="fundus_lit.data.reports"):
+    with caplog.at_level(logging.WARNING, logger="fundus_lit.data.sources.reports"):
         records = ReportCSVSource(str(path), labels=["drusen"]).load()
     assert [r.labels for r in records] == [(1.0,), (1.0,), (0.0,)]
     assert "age related macular degeneration (1x)" in caplog.text

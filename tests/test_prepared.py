@@ -291,7 +291,7 @@ def test_draft_decode_reads_large_jpegs_at_reduced_scale(tmp_path, monkeypatch):
         seen.append(target)
         return real(path, origin, mode, target)
 
-    monkeypatch.setattr("fundus_lit.data.csv_sources.read_rgb", spy)
+    monkeypatch.setattr("fundus_lit.data.sources.csv_layouts.read_rgb", spy)
     data = FundusDataModule(test=[FlairCSVSource(str(tmp_path / "d.csv"))], image_size=96)
     data.setup("test")
     assert data.dataset("test")[0].image.shape == (3, 96, 96) and seen == [96]

@@ -3,7 +3,7 @@
 The extractor is only as good as the dictionary's coverage of a hospital's phrasing, so the verb
 shows what it found (per-label counts by status, coverage) and what it could not map (the most
 frequent unmapped phrases: candidates for aliases in a user knowledge file), and can write the
-CSV back with a ``labels`` column for :class:`~fundus_lit.data.reports.ReportCSVSource`.
+CSV back with a ``labels`` column for :class:`~fundus_lit.data.sources.reports.ReportCSVSource`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.batch import Batch
-from fundus_lit.data.captions import CaptionCSVSource
 from fundus_lit.data.corpus import (
     KnowledgeText,
     RecordText,
@@ -11,10 +10,8 @@ from fundus_lit.data.corpus import (
     TextSource,
 )
 from fundus_lit.data.datamodule import FundusDataModule
-from fundus_lit.data.hf_source import HFDatasetSource
 from fundus_lit.data.prepared import PreparedSource
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.reports import ReportCSVSource
 from fundus_lit.data.sources import (
     FlairCSVSource,
     ImageFolderSource,
@@ -22,6 +19,9 @@ from fundus_lit.data.sources import (
     Source,
     SyntheticSource,
 )
+from fundus_lit.data.sources.captions import CaptionCSVSource
+from fundus_lit.data.sources.hf import HFDatasetSource
+from fundus_lit.data.sources.reports import ReportCSVSource
 from fundus_lit.data.text import (
     KnowledgePromptBuilder,
     ReportTextBuilder,

@@ -20,32 +20,15 @@ from fundus_lit.data.bad_input import (
 )
 from fundus_lit.data.batch import Batch
 from fundus_lit.data.dataset import Collator, PairedCollator, PairedDataset, RecordDataset
-from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.resumable import ResumableLoader
-from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler, permutation
+from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler
 from fundus_lit.data.sources import Source
+from fundus_lit.data.splits import Items, hold_out_val, load_items, training_records
 from fundus_lit.data.text import ReportTextBuilder, TemplateTextBuilder, TextBuilder
 from fundus_lit.data.transforms import AugmentConfig, ImagePipeline
 from fundus_lit.knowledge.keys import category_key
 
-Items = list[tuple[Source, FundusRecord]]
 logger = logging.getLogger(__name__)
-
-
-def _load(sources: list[Source], split: str, missing: MissingFiles | None) -> Items:
-    """Every record of ``sources``; with ``missing`` (``check_files``), the records whose files
-    are absent are noted there and left out: :meth:`MissingFiles.resolve` raises or warns once
-    every split is read, so one message lists them all."""
-    items: Items = []
-    for source in sources:
-        records = source.load()
-        if missing is not None:
-            gone = source.find_missing(records)
-            missing.add(split, source, len(records), gone)
-            absent = {id(record) for record, _ in gone}
-            records = [record for record in records if id(record) not in absent]
-        items.extend((source, record) for record in records)
-    return items
 
 
 class FundusDataModule(L.LightningDataModule):
@@ -158,34 +141,19 @@ class FundusDataModule(L.LightningDataModule):
         if stage == "fit" and not self.sources["train"]:
             raise DataError("fit needs data.train sources")
         missing = MissingFiles(self.missing) if self.check_files else None
-        train = _load(self.sources["train"], "train", missing)
-        val = _load(self.sources["val"], "val", missing)
-        test = _load(self.sources["test"], "test", missing)
-        expert = _load(self.expert_sources, "expert", missing)
+        train = load_items(self.sources["train"], "train", missing)
+        val = load_items(self.sources["val"], "val", missing)
+        test = load_items(self.sources["test"], "test", missing)
+        expert = load_items(self.expert_sources, "expert", missing)
         if missing is not None:
             missing.resolve()  # every split read: one message lists every missing file
         if stage == "fit" and not train:
             raise DataError("fit needs training records; data.train sources hold none")
         if not self.sources["val"]:
-            order = permutation(len(train), self.split_seed)
-            n_val = int(round(len(train) * self.val_fraction))
-            val = [train[i] for i in order[:n_val]]
-            train = [train[i] for i in sorted(order[n_val:])]
+            train, val = hold_out_val(train, self.val_fraction, self.split_seed)
         if not self.sources["test"]:
             test = val
-        kept = [
-            item
-            for item in train
-            if self.text.keep(item[1])
-            and not any(category_key(c) in self.held_out for c in item[1].categories)
-        ]
-        if len(kept) < len(train):
-            logger.info(
-                "dropped %d training records of held-out categories", len(train) - len(kept)
-            )
-        if train and not kept:
-            raise DataError("every training record belongs to a held-out category")
-        train = kept
+        train = training_records(train, self.text, self.held_out)
         self.splits = {"train": train, "val": val, "test": test}
         if self.expert_sources:
             self.splits["expert"] = expert

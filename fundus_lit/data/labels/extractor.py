@@ -1,4 +1,4 @@
-"""Report labels: the label vocabulary and a rule-based extractor from free-text fundus reports.
+"""Report labels: a rule-based extractor from free-text fundus reports to vocabulary labels.
 
 Report datasets (ViLReF-style) pair each image with a report and, often, no label list. The
 extractor turns a report into a multi-hot vector over a vocabulary of knowledge-dictionary
@@ -54,8 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from fundus_lit.data.label_vocabulary import label_vocabulary, multi_hot, vocabulary_of
-from fundus_lit.data.report_text import (
+from fundus_lit.data.labels.phrases import (
     AMBIGUOUS_ALIASES,
     BOILERPLATE,
     CUES,
@@ -73,6 +72,7 @@ from fundus_lit.data.report_text import (
     prepare_text,
     report_words,
 )
+from fundus_lit.data.labels.vocabulary import label_vocabulary, multi_hot, vocabulary_of
 from fundus_lit.knowledge import KnowledgeBase, category_key
 
 __all__ = ["Extraction", "LabelExtractor", "label_vocabulary", "multi_hot"]

@@ -1,6 +1,6 @@
 """Report text before label extraction: the phrase tables the dictionary lacks (synonyms, normal
 remarks, negation and uncertainty cues), boilerplate and stop words, and the normalisation every
-report goes through (spelling folding, cup-to-disc phrases, words). labels.py uses them."""
+report goes through (spelling folding, cup-to-disc phrases, words). The extractor uses them."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from fundus_lit.core.errors import DataError
-from fundus_lit.data.hf_source import decode_image
 from fundus_lit.data.prepared.format import (
     FIELDS,
     FORMAT,
@@ -23,6 +22,7 @@ from fundus_lit.data.prepared.format import (
 )
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source
+from fundus_lit.data.sources.table_cells import decode_image
 
 if TYPE_CHECKING:
     import pyarrow as pa

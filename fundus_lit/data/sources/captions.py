@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import CSVSource, parse_list_cell
+from fundus_lit.data.sources.base import parse_list_cell
+from fundus_lit.data.sources.csv_layouts import CSVSource
 
 __all__ = ["CaptionCSVSource", "caption_from_cell"]
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.source_base import Source, parse_list_cell, read_rgb
+from fundus_lit.data.sources.base import Source, parse_list_cell, read_rgb
 
 
 class CSVSource(Source):

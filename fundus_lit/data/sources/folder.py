@@ -9,7 +9,7 @@ from PIL import Image
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.source_base import Source, read_rgb
+from fundus_lit.data.sources.base import Source, read_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

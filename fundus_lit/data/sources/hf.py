@@ -7,8 +7,6 @@ each loader worker opens the dataset itself: an open dataset is never pickled in
 
 from __future__ import annotations
 
-import io
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,39 +15,18 @@ from PIL import Image
 from fundus_lit.core.errors import DataError
 from fundus_lit.core.resolve import hub_offline
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import Source, draft, parse_list_cell
+from fundus_lit.data.sources.base import Source
+from fundus_lit.data.sources.table_cells import category_cell, class_label, decode_image, row_of
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["HFDatasetSource", "decode_image"]
+__all__ = ["HFDatasetSource"]
 
 HUB_OFFLINE_HINT = (
     "If this machine cannot reach the Hugging Face hub, pass a local path instead: a folder "
     "written by Dataset.save_to_disk, or a parquet file or folder of parquet files."
 )
-_ROW = re.compile(r", row (\d+)\b")
-
-
-def decode_image(
-    blob: bytes, where: str, mode: str = "RGB", target: int | None = None
-) -> Image.Image:
-    """Decode encoded image bytes; ``target`` drafts JPEGs as :func:`read_rgb` does files. A
-    broken blob is a :class:`DataError` naming ``where`` (dataset, shard and row)."""
-    try:
-        with Image.open(io.BytesIO(blob)) as img:
-            if target and mode == "RGB":
-                draft(img, target)
-            return img.convert(mode)
-    except (OSError, SyntaxError) as err:
-        raise DataError(f"cannot decode the image of {where}: {err}") from err
-
-
-def row_of(record: FundusRecord, pattern: re.Pattern[str] = _ROW) -> int | None:
-    """The row a record of a table-backed source came from, as its origin states it; None for a
-    record made elsewhere (the caller then looks it up by value)."""
-    match = pattern.search(record.origin)
-    return int(match.group(1)) if match else None
 
 
 class HFDatasetSource(Source):
@@ -196,13 +173,13 @@ class HFDatasetSource(Source):
             )
             if column is not None
         }
-        names = _class_label(data.features.get(self.categories)) if self.categories else None
+        names = class_label(data.features.get(self.categories)) if self.categories else None
         records = []
         for row, reference in enumerate(references):
             where = f"{self.where}, row {row}"
             categories: tuple[str, ...] = ()
             if "categories" in cells:
-                categories = _categories(cells["categories"][row], names, where)
+                categories = category_cell(cells["categories"][row], names, where)
             labels = cells["labels"][row] if "labels" in cells else None
             if labels is not None and not isinstance(labels, (list, tuple)):
                 raise DataError(f"{where}, column {self.labels!r}: expected a list, got {labels!r}")
@@ -305,33 +282,3 @@ class HFDatasetSource(Source):
             return decode_image(path.read_bytes(), f"{where} ({path})", target=target)
         except OSError as err:
             raise DataError(f"cannot read image {path} ({where}): {err}") from err
-
-
-def _class_label(feature: Any) -> Any:
-    """The ``ClassLabel`` of a category column (plain, or inside a list), if it has one."""
-    import datasets
-
-    if isinstance(feature, (datasets.Sequence, datasets.List)):
-        feature = feature.feature
-    return feature if isinstance(feature, datasets.ClassLabel) else None
-
-
-def _categories(value: Any, names: Any, where: str) -> tuple[str, ...]:
-    """Categories of one cell: a list of strings or class ids, or one string or class id;
-    ``names`` is the column's ``ClassLabel`` (class ids become its names)."""
-
-    def one(item: Any) -> str:
-        if names is not None and isinstance(item, int):
-            return names.int2str(item)
-        return str(item).strip()
-
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return parse_list_cell(text, where)
-        return (text,) if text else ()
-    if isinstance(value, (list, tuple)):
-        return tuple(c for c in (one(v) for v in value if v is not None) if c)
-    return (one(value),)

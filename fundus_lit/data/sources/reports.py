@@ -13,7 +13,8 @@ from typing import Literal
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.labels import LabelExtractor, multi_hot
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import CSVSource, parse_list_cell
+from fundus_lit.data.sources.base import parse_list_cell
+from fundus_lit.data.sources.csv_layouts import CSVSource
 from fundus_lit.knowledge import KnowledgeBase
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from PIL import Image
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.source_base import Source
+from fundus_lit.data.sources.base import Source
 
 
 class SyntheticSource(Source):

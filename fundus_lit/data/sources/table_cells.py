@@ -16,7 +16,7 @@ from PIL import Image
 
 from fundus_lit.core.errors import DataError
 from fundus_lit.data.records import FundusRecord
-from fundus_lit.data.sources import draft, parse_list_cell
+from fundus_lit.data.sources.base import draft, parse_list_cell
 
 ROW = re.compile(r", row (\d+)\b")
 
