@@ -152,7 +152,9 @@ def _retrieval_worker(rank, world, port, out_dir):
         module = SimpleNamespace(log=lambda *args, **kwargs: None)
         callback.on_validation_epoch_start(trainer, module)
         outputs = {"image_emb": image, "text_emb": text}
-        batch = SimpleNamespace(texts=texts, record_categories=cats)
+        first = 0 if rank == 0 else len(_retrieval_rows(0)[0])
+        indices = torch.arange(first, first + len(texts))
+        batch = SimpleNamespace(texts=texts, record_categories=cats, indices=indices)
         callback.on_validation_batch_end(trainer, module, outputs, batch, 0)
         callback.on_validation_epoch_end(trainer, module)
         torch.save(callback.last, os.path.join(out_dir, f"retrieval{rank}.pt"))
@@ -279,3 +281,14 @@ def test_expert_stream_objectives_on_two_ranks_equal_one_process(tmp_path):
         torch.testing.assert_close(res["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
         for name, p in model.named_parameters():
             torch.testing.assert_close(res["grads"][name], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_first_per_index_drops_sampler_padding_and_restores_split_order():
+    from fundus_lit.core.distributed import first_per_index
+
+    # two ranks of a 5-image split, as a distributed sampler deals them: rank 0 gets 0, 2, 4,
+    # rank 1 gets 1, 3 and image 0 again as padding
+    gathered = torch.tensor([0, 2, 4, 1, 3, 0])
+    keep = first_per_index(gathered)
+    assert keep.tolist() == [0, 3, 1, 4, 2]
+    assert gathered[keep].tolist() == [0, 1, 2, 3, 4]

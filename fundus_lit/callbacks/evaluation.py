@@ -11,7 +11,9 @@ class ZeroShotEvaluation(L.Callback):
     """Zero-shot classification on the validation split, from the validation pass's embeddings.
 
     Logs ``val/zeroshot/{aca,kappa,f1,auc}`` every ``every_n_epochs`` epochs; embeddings and
-    classes are gathered over all ranks first.
+    classes are gathered over all ranks first, with their sample indices, so the samples a
+    distributed sampler repeats to even out the ranks count once: the metrics are those of one
+    process on the whole split.
 
     Args:
         classes: Class names (a sample's class is the first category of its record).
@@ -33,6 +35,7 @@ class ZeroShotEvaluation(L.Callback):
         self.every_n_epochs = every_n_epochs
         self._emb: list = []
         self._targets: list = []
+        self._indices: list = []
         self._tokenizer = None
         self.last: dict | None = None
 
@@ -40,7 +43,7 @@ class ZeroShotEvaluation(L.Callback):
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._emb, self._targets = [], []
+        self._emb, self._targets, self._indices = [], [], []
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -50,18 +53,21 @@ class ZeroShotEvaluation(L.Callback):
             self._targets.append(
                 self.zeroshot.targets(batch.record_categories).to(pl_module.device)
             )
+            self._indices.append(batch.indices.to(pl_module.device))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if not self._active(trainer) or not self._emb:
             return
         import torch
 
+        from fundus_lit.core.distributed import first_per_index, gather_no_grad
         from fundus_lit.core.resolve import load_tokenizer
 
         emb, targets = torch.cat(self._emb), torch.cat(self._targets)
         if trainer.world_size > 1:
-            emb = pl_module.all_gather(emb).flatten(0, 1)
-            targets = pl_module.all_gather(targets).flatten()
+            indices = gather_no_grad(torch.cat(self._indices))
+            keep = first_per_index(indices)
+            emb, targets = gather_no_grad(emb)[keep], gather_no_grad(targets)[keep]
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(pl_module.hparams["text"]["name"])
         encoder = pl_module.encoder
@@ -79,7 +85,8 @@ class RetrievalEvaluation(L.Callback):
     Logs ``val/retrieval/{i2t,t2i}/R@k`` (an image's own text is relevant; identical texts are
     one item) and ``val/retrieval/i2i/{R@k,mAP@k}`` (leave-one-out case retrieval among the
     validation images, relevant when they share a category). Rows from every rank are gathered
-    first; the metrics are computed on rank 0 with a FAISS exact index.
+    first, each sample once (a distributed sampler repeats some to even out the ranks) and in
+    split order; the metrics are computed on rank 0 with a FAISS exact index.
 
     Args:
         ks: Cut-offs of R@k and mAP@k.
@@ -121,6 +128,7 @@ class RetrievalEvaluation(L.Callback):
                     outputs["text_emb"].float().cpu(),
                     list(batch.texts),
                     list(batch.record_categories),
+                    batch.indices.cpu(),
                 )
             )
 
@@ -138,10 +146,14 @@ class RetrievalEvaluation(L.Callback):
             rows = [row for part in gathered for row in part]
         if trainer.global_rank != 0 or not rows:
             return
-        image = torch.cat([r[0] for r in rows])
-        text = torch.cat([r[1] for r in rows])
+        from fundus_lit.core.distributed import first_per_index
+
+        keep = first_per_index(torch.cat([r[4] for r in rows])).tolist()
+        image = torch.cat([r[0] for r in rows])[keep]
+        text = torch.cat([r[1] for r in rows])[keep]
         texts = [t for r in rows for t in r[2]]
         cats = [c for r in rows for c in r[3]]
+        texts, cats = [texts[i] for i in keep], [cats[i] for i in keep]
         result: dict = {}
         if {"i2t", "t2i"} & set(self.tasks):
             result |= pair_retrieval(image, text, texts, self.ks, self.tasks, "auto")

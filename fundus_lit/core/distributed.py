@@ -81,3 +81,17 @@ def rank_offset(n: int, device: torch.device) -> int:
     if size == 1:
         return 0
     return sum(_sizes(n, device)[:rank])
+
+
+def first_per_index(indices: Tensor) -> Tensor:
+    """Positions of the first row of each distinct sample index, in increasing index order.
+
+    A distributed sampler pads the last share with repeated samples so every rank has as many;
+    metrics on the gathered rows would count those twice. Keeping one row per index, ordered by
+    index, gives exactly the rows (and the order) of one process reading the split in order.
+    """
+    order = torch.argsort(indices, stable=True)
+    ordered = indices[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return order[first]
