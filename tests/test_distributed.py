@@ -292,3 +292,67 @@ def test_first_per_index_drops_sampler_padding_and_restores_split_order():
     keep = first_per_index(gathered)
     assert keep.tolist() == [0, 3, 1, 4, 2]
     assert gathered[keep].tolist() == [0, 1, 2, 3, 4]
+
+
+def _caption_case():
+    """A caption decoder and five captions of very different lengths: rank 0 takes the two short
+    ones, rank 1 the three long ones, so a mean of per-rank means would weigh rank 0's tokens
+    about three times as much as one process does."""
+    from fundus_lit.models.captioner import CaptionDecoder
+    from fundus_lit.objectives.captioning import CaptionObjective
+
+    torch.manual_seed(0)
+    objective = CaptionObjective(stream="public", dim=16, layers=1, heads=2, dropout=0.0)
+    objective.decoder = CaptionDecoder(
+        vocab_size=40, feature_dim=8, dim=16, layers=1, heads=2, max_length=12, dropout=0.0
+    )
+    g = torch.Generator().manual_seed(1)
+    lengths = [3, 4, 11, 12, 10]
+    ids = torch.zeros(5, 12, dtype=torch.long)
+    mask = torch.zeros(5, 12, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(3, 40, (n,), generator=g)
+        ids[row, 0], ids[row, n - 1] = 101 % 40, 102 % 40
+        mask[row, :n] = 1
+    feature_map = torch.randn(5, 8, 2, 2, generator=g)
+    return objective, ids, mask, feature_map
+
+
+def _caption_loss_and_grads(objective, ids, mask, feature_map, rows):
+    outputs = ModelOutputs(
+        image_emb=torch.zeros(len(ids[rows]), D),
+        text_emb=None,
+        scale=torch.tensor(1.0),
+        feature_map=feature_map[rows],
+    )
+    batch = SimpleNamespace(input_ids=ids[rows], attention_mask=mask[rows])
+    loss = objective(outputs, batch).losses["loss"]
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in objective.named_parameters()}
+
+
+def _caption_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        objective, ids, mask, feature_map = _caption_case()
+        rows = slice(0, 2) if rank == 0 else slice(2, 5)
+        loss, grads = _caption_loss_and_grads(objective, ids, mask, feature_map, rows)
+        for grad in grads.values():  # what DDP does with the ranks' gradients
+            dist.all_reduce(grad)
+            grad /= world
+        torch.save({"loss": loss, "grads": grads}, os.path.join(out_dir, f"caption{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_caption_loss_is_a_token_mean_over_the_global_batch(tmp_path):
+    mp.spawn(_caption_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    objective, ids, mask, feature_map = _caption_case()
+    loss, grads = _caption_loss_and_grads(objective, ids, mask, feature_map, slice(None))
+    ranks = [torch.load(tmp_path / f"caption{r}.pt") for r in range(2)]
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss)
+    for res in ranks:
+        assert res["grads"].keys() == grads.keys()
+        for key, grad in grads.items():
+            torch.testing.assert_close(res["grads"][key], grad, msg=key)

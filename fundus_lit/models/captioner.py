@@ -29,6 +29,7 @@ Design choices, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -270,20 +271,36 @@ class CaptionDecoder(nn.Module):
 
 
 def caption_loss(
-    logits: Tensor, input_ids: Tensor, attention_mask: Tensor, pad_id: int = 0
+    logits: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    pad_id: int = 0,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> Tensor:
-    """Teacher-forced token cross-entropy, mean over real target tokens.
+    """Teacher-forced token cross-entropy over real target tokens: their mean, or their sum
+    (``reduction="sum"``, for a mean over tokens of several ranks; see ``caption_targets`` for
+    the count that goes with it).
 
     Targets are ``input_ids[:, 1:]``; a position counts only where ``attention_mask[:, 1:]`` is set
     and the target is not ``pad_id`` (the latter guards collates that pad ids but not the mask), so
     padding never contributes however many pads a batch carries.
     """
-    targets = input_ids[:, 1:]
-    keep = (attention_mask[:, 1:] != 0) & (targets != pad_id)
+    targets, keep = caption_targets(input_ids, attention_mask, pad_id)
     targets = targets.masked_fill(~keep, -100)
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction=reduction,
     )
+
+
+def caption_targets(
+    input_ids: Tensor, attention_mask: Tensor, pad_id: int = 0
+) -> tuple[Tensor, Tensor]:
+    """(targets, keep): the next-token targets and which of them are real caption tokens."""
+    targets = input_ids[:, 1:]
+    return targets, (attention_mask[:, 1:] != 0) & (targets != pad_id)
 
 
 def decode(tokenizer, ids: list[list[int]]) -> list[str]:

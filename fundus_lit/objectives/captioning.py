@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from fundus_lit.core.distributed import sum_over_ranks, world
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.captioner import CaptionDecoder, caption_loss
+from fundus_lit.models.captioner import CaptionDecoder, caption_loss, caption_targets
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
 
@@ -41,9 +42,10 @@ def special_ids(tokenizer) -> tuple[int, int, int]:
 class CaptionObjective(Objective):
     """Teacher-forced token cross-entropy of a caption decoder over the stream's text.
 
-    Under DDP each rank averages over its own caption tokens and DDP averages the gradients, so
-    ranks with longer captions do not weigh more; one process over the union would weigh tokens
-    equally instead (the difference is the per-rank token-count spread).
+    The loss is the mean over every caption token of the global batch: under DDP each rank
+    divides its token sum by the token count of all ranks (times the world size, since DDP
+    averages gradients), so R ranks compute, in value (mean over ranks) and in gradient, what one
+    process computes on the concatenated batch, whatever each rank's caption lengths.
 
     Args:
         weight: ``w_g`` (KeepFIT v2's generative weight; 1 in this project's recipes).
@@ -105,9 +107,11 @@ class CaptionObjective(Objective):
             raise ValueError(f"objective {self.name!r} needs the image feature map")
         ids, mask = batch.input_ids, batch.attention_mask
         logits = self.decoder(outputs.feature_map.float(), ids, mask)
-        loss = caption_loss(logits, ids, mask, self.decoder.pad_id)
+        total = caption_loss(logits, ids, mask, self.decoder.pad_id, reduction="sum")
+        targets, keep = caption_targets(ids, mask, self.decoder.pad_id)
+        tokens = keep.sum()
+        loss = total * world()[1] / sum_over_ranks(tokens).clamp_min(1)
         with torch.no_grad():
-            targets, keep = ids[:, 1:], (mask[:, 1:] != 0) & (ids[:, 1:] != self.decoder.pad_id)
             hits = (logits.argmax(-1) == targets) & keep
-            accuracy = hits.sum() / keep.sum().clamp_min(1)
+            accuracy = hits.sum() / tokens.clamp_min(1)
         return ObjectiveOutput(losses={"loss": loss}, scalars={"token_accuracy": accuracy})
