@@ -25,7 +25,7 @@ from fundus_lit.data.samplers import DatasetBalancedSampler, EpochSampler
 from fundus_lit.data.sources import Source
 from fundus_lit.data.splits import Items, hold_out_val, load_items, training_records
 from fundus_lit.data.text import ReportTextBuilder, TemplateTextBuilder, TextBuilder
-from fundus_lit.data.transforms import AugmentConfig, ImagePipeline
+from fundus_lit.data.transforms import AugmentConfig, ImagePipeline, Resize
 from fundus_lit.knowledge.keys import category_key
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class FundusDataModule(L.LightningDataModule):
         text: Text builder; the plain template prompt by default.
         image_size: Side of the square network input; the CLI links it to the model.
         crop_fov: Crop the black border around the fundus aperture before resizing.
+        resize: ``pad_center`` (resize the longer side, pad centred, uint8) or ``flair`` (FLAIR's
+            float resize with padding right and bottom: what imported FLAIR/KeepFIT weights
+            expect; evaluation sets it from an imported model's config).
         augment: Train-time augmentations; null disables them.
         batch_size: Per-device batch size; the CLI links it to the model.
         num_workers: Loader worker processes.
@@ -91,6 +94,7 @@ class FundusDataModule(L.LightningDataModule):
         text: TextBuilder | None = None,
         image_size: int = 224,
         crop_fov: bool = True,
+        resize: Resize = "pad_center",
         augment: AugmentConfig | None = AugmentConfig(),  # noqa: B008 (a frozen-in default)
         batch_size: int = 32,
         num_workers: int = 4,
@@ -121,6 +125,7 @@ class FundusDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.text = text or TemplateTextBuilder()
         self.image_size, self.crop_fov, self.augment = image_size, crop_fov, augment
+        self.resize = resize
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.check_files, self.seed = pin_memory, check_files, seed
         self.balance_datasets, self.epoch_length = balance_datasets, epoch_length
@@ -210,7 +215,7 @@ class FundusDataModule(L.LightningDataModule):
     def dataset(self, split: str, augment: bool | None = None) -> RecordDataset:
         """Records of ``split``; only the training split is augmented unless ``augment`` says."""
         augment = self.augment if (split == "train" if augment is None else augment) else None
-        pipeline = ImagePipeline(self.image_size, self.crop_fov, augment)
+        pipeline = ImagePipeline(self.image_size, self.crop_fov, augment, self.resize)
         return RecordDataset(self.splits[split], self.text, pipeline, self.seed)
 
     def _loader(self, split: str, augment: bool | None = None, **kwargs) -> DataLoader:
@@ -262,7 +267,7 @@ class FundusDataModule(L.LightningDataModule):
         expert = RecordDataset(
             self.splits["expert"],
             self.expert_text,
-            ImagePipeline(self.image_size, self.crop_fov, self.augment),
+            ImagePipeline(self.image_size, self.crop_fov, self.augment, self.resize),
             self.seed,
             stream="expert",
         )

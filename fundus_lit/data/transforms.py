@@ -6,6 +6,7 @@ Images leave the pipeline as uint8 tensors; the vision tower normalises them on 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -70,11 +71,37 @@ def pad_resize(img: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-class ImagePipeline:
-    """PIL image -> (3, size, size) uint8 tensor."""
+def flair_resize(img: Image.Image, size: int) -> torch.Tensor:
+    """(3, size, size) floats in [0, 1], prepared as FLAIR's published code prepares images for
+    its model: pixels / 255, the longer side resized to ``size`` (bilinear with antialiasing, on
+    floats), zero padding on the right and bottom. Models imported from FLAIR or KeepFIT weights
+    (``fundus-lit import``) were trained on this."""
+    x = v2.functional.pil_to_tensor(img.convert("RGB")).float()
+    if x.max() > 0:
+        x = x / 255
+    h, w = x.shape[-2:]
+    scale = max(h, w) / size
+    x = v2.functional.resize(x, [int(h / scale), int(w / scale)], antialias=True)
+    return torch.nn.functional.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
 
-    def __init__(self, size: int, crop_fov: bool = True, augment: AugmentConfig | None = None):
-        self.size, self.crop_fov = size, crop_fov
+
+Resize = Literal["pad_center", "flair"]
+
+
+class ImagePipeline:
+    """PIL image -> (3, size, size) tensor: uint8 with ``resize="pad_center"`` (fundus-lit's own
+    preparation), floats in [0, 1] with ``resize="flair"`` (:func:`flair_resize`)."""
+
+    def __init__(
+        self,
+        size: int,
+        crop_fov: bool = True,
+        augment: AugmentConfig | None = None,
+        resize: Resize = "pad_center",
+    ):
+        if resize not in ("pad_center", "flair"):
+            raise ValueError(f"unknown image preparation {resize!r}; use pad_center or flair")
+        self.size, self.crop_fov, self.resize = size, crop_fov, resize
         self.augment = None
         if augment is not None:
             self.augment = v2.Compose(
@@ -92,5 +119,8 @@ class ImagePipeline:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.crop_fov:
             img = fov_crop(img)
-        tensor = v2.functional.pil_to_tensor(pad_resize(img, self.size))
+        if self.resize == "flair":
+            tensor = flair_resize(img, self.size)
+        else:
+            tensor = v2.functional.pil_to_tensor(pad_resize(img, self.size))
         return self.augment(tensor) if self.augment is not None else tensor

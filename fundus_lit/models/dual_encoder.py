@@ -15,13 +15,26 @@ from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.models.text import TextConfig, TextTower
 from fundus_lit.models.vision import VisionConfig, VisionTower
 
-Projection = Literal["linear", "mlp"]
+Projection = Literal["linear", "mlp", "normalized_linear"]
 MAX_LOG_SCALE = math.log(100.0)
+
+
+class NormalizedLinear(nn.Linear):
+    """L2-normalise the features, then project without bias: FLAIR's and KeepFIT's head, so
+    their published weights load as they were trained."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__(in_dim, out_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x / x.norm(dim=-1, keepdim=True))
 
 
 def projection_head(in_dim: int, out_dim: int, kind: Projection) -> nn.Module:
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
+    if kind == "normalized_linear":
+        return NormalizedLinear(in_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
 
 
@@ -77,7 +90,8 @@ class DualEncoder(nn.Module):
         text: Text tower settings.
         embed_dim: Dimension D of the shared embedding space.
         image_size: Input resolution (ViTs size their position embeddings from it).
-        projection: ``linear`` or a two-layer ``mlp`` head on each tower.
+        projection: ``linear``, a two-layer ``mlp``, or ``normalized_linear`` (features
+            L2-normalised before a linear map: FLAIR's head) on each tower.
         temperature: Initial temperature; the learnable ``theta = log(1/temperature)`` is clamped
             to ``[0, log 100]`` at every use, as docs/objectives.md §0 prescribes.
     """

@@ -43,6 +43,9 @@ class VisionConfig:
         model_kwargs: Extra keyword arguments of ``timm.create_model``, to build a variant from
             the config instead of registering a new model: ``{channels: [32, 64, 128, 256],
             stem_width: 32}`` is a ResNet-18 at a quarter of the compute.
+        mean: Per-channel mean subtracted from [0, 1] pixels; None = the timm model's own.
+        std: Per-channel divisor after the mean; None = the timm model's own. Weights trained
+            elsewhere need their own: FLAIR feeds [0, 1] pixels unnormalised (mean 0, std 1).
     """
 
     name: str = "resnet50"
@@ -56,9 +59,17 @@ class VisionConfig:
     compile: bool = False
     compile_options: dict[str, Any] | None = None
     model_kwargs: dict[str, Any] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.weights = optional_path(self.weights)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != 3:
+                raise ValueError(f"vision.{name} needs 3 values (R, G, B), got {value}")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"vision.std must be positive, got {self.std}")
 
 
 def create_timm_model(cfg: VisionConfig, image_size: int) -> nn.Module:
@@ -114,8 +125,10 @@ class VisionTower(Tower):
         self.cfg = cfg
         self.model = create_timm_model(cfg, image_size)
         data_cfg = timm.data.resolve_model_data_config(self.model)
-        self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), False)
+        mean = data_cfg["mean"] if cfg.mean is None else cfg.mean
+        std = data_cfg["std"] if cfg.std is None else cfg.std
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), False)
         self.num_features: int = self.model.num_features
         self.pool: AttentionPool | None = None
         if cfg.pool == "attention":
