@@ -21,7 +21,7 @@ from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.core.version import __version__
 from fundus_lit.eval.loading import load_encoder
 from fundus_lit.models.dual_encoder import DualEncoderConfig
-from fundus_lit.pretrained import (
+from fundus_lit.models.saved import (
     CONFIG,
     FORMAT,
     FORMAT_VERSION,

@@ -19,6 +19,7 @@ from fundus_lit.core.quiet import quiet_eval_mode_warning
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig, Projection
 from fundus_lit.models.outputs import ModelOutputs, full_precision
+from fundus_lit.models.saved import load_export_weights
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: F401 (public here)
@@ -41,6 +42,9 @@ class PretrainModule(L.LightningModule):
         projection: ``linear`` or ``mlp`` projection heads.
         temperature: Initial temperature of the learnable logit scale.
         optim: AdamW and warm-up + cosine schedule settings.
+        init_weights: A model folder (``fundus-lit export`` or ``import``, e.g. FLAIR's published
+            weights) whose dual-encoder weights start training; the model config must describe
+            the same architecture (every key and shape is checked).
         max_nonfinite_steps: A step whose loss is not finite (on any rank) is skipped on every
             rank: no gradient, no weight or EMA update (Lightning still counts it in
             ``global_step``, the schedule moves on, and BatchNorm statistics keep the forward's
@@ -68,6 +72,7 @@ class PretrainModule(L.LightningModule):
         optim: OptimConfig = OptimConfig(),  # noqa: B008
         grad_cache: int | None = None,
         max_nonfinite_steps: int = 5,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
@@ -92,9 +97,11 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters(
             config.to_dict()
             | {"optim": asdict(self.optim), "batch_size": batch_size, "grad_cache": grad_cache}
-            | {"max_nonfinite_steps": max_nonfinite_steps}
+            | {"max_nonfinite_steps": max_nonfinite_steps, "init_weights": init_weights}
         )
         self.encoder = DualEncoder.from_config(config)
+        if init_weights:
+            load_export_weights(self.encoder, init_weights)
         objectives = list(objectives) if objectives else [CLIPObjective()]
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):

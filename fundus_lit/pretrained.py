@@ -11,33 +11,21 @@ training checkpoint nor the original text-model folder is needed where the model
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from fundus_lit.core.checkpoint import check_keys
 from fundus_lit.core.errors import DataError
 from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.zeroshot import ZeroShot
-from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig
-
-FORMAT = "fundus-lit-dual-encoder"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-TOKENIZER = "tokenizer"
-TEXT_CONFIG = "text_config"
-#: What an export folder must hold, relative to it (checked before anything is built).
-REQUIRED = (CONFIG, WEIGHTS, f"{TOKENIZER}/", f"{TEXT_CONFIG}/config.json")
+from fundus_lit.models.dual_encoder import DualEncoder
+from fundus_lit.models.saved import TOKENIZER, load_saved_encoder
 
 ImageInput = str | Path | Image.Image | Tensor
 Prompts = str | Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
@@ -103,10 +91,19 @@ class PretrainedDualEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.image_size = encoder.image_size
-        self.pipeline = ImagePipeline(encoder.image_size, crop_fov, None)
+        resize = (config or {}).get("preprocessing", {}).get("resize", "pad_center")
+        self.pipeline = ImagePipeline(encoder.image_size, crop_fov, None, resize)
         self.config = dict(config or {})
         self.requires_grad_(False)
         self.eval()
+
+    def _require_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise DataError(
+                "this model was imported without its tokenizer, so it embeds images only; "
+                "re-run fundus-lit import with --tokenizer DIR (the text model's local folder, "
+                "e.g. Bio_ClinicalBERT) to embed text"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -174,6 +171,7 @@ class PretrainedDualEncoder(nn.Module):
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("no texts given")
+        self._require_tokenizer()
         rows = []
         for i in range(0, len(texts), batch_size):
             tok = self.tokenizer(
@@ -195,6 +193,7 @@ class PretrainedDualEncoder(nn.Module):
         uses ``"A fundus photograph of <name>"`` and one prompt per description the built-in
         knowledge dictionary has for it."""
         builder = _class_prompts(list(class_names), prompts)
+        self._require_tokenizer()
         return builder.prototypes(self.encoder, self.tokenizer, self.max_length)
 
     @torch.no_grad()
@@ -222,62 +221,6 @@ class PretrainedDualEncoder(nn.Module):
         return [class_names[i] for i in best.tolist()]
 
 
-def read_export_config(folder: Path) -> dict:
-    """The export's ``config.json``, after checking that every file of the format is there."""
-    if folder.is_file():
-        raise DataError(
-            f"{folder} is a file; load_pretrained reads the folder that fundus-lit export "
-            f"writes from a training checkpoint: fundus-lit export --ckpt {folder} --out DIR, "
-            "then load_pretrained(DIR)"
-        )
-    if not folder.is_dir():
-        raise DataError(
-            f"exported model {folder} is not a folder (write one with fundus-lit export)"
-        )
-    for name in REQUIRED:
-        path = folder / name
-        if not (path.is_dir() if name.endswith("/") else path.is_file()):
-            raise DataError(
-                f"exported model {folder} is incomplete: {path} is missing "
-                "(re-run fundus-lit export)"
-            )
-    path = folder / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise DataError(f"{path} is not the config of a fundus-lit export (format {FORMAT!r})")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataError(
-            f"{path} has format_version {version!r}; this fundus-lit reads up to "
-            f"{FORMAT_VERSION} (upgrade fundus-lit)"
-        )
-    missing = [k for k in ("vision", "text", "embed_dim", "image_size") if k not in config]
-    if missing:
-        raise DataError(f"{path} lacks {missing}")
-    return config
-
-
-def _encoder_config(folder: Path, config: dict) -> DualEncoderConfig:
-    """The export's encoder config with every download and external file switched off; the
-    text model comes from the export's own ``text_config/``."""
-    try:
-        encoder = DualEncoderConfig.from_dict(config)
-    except TypeError as err:
-        raise DataError(f"{folder / CONFIG}: bad tower config: {err}") from err
-    return encoder.for_saved_weights(text_name=str(folder / TEXT_CONFIG))
-
-
-def load_weights(path: Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors file (never a pickle: loading cannot run code)."""
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise DataError(f"cannot read weights {path}: {err}") from err
-
-
 def load_pretrained(
     path: str | Path, device: str | torch.device = "cpu", crop_fov: bool | None = None
 ) -> PretrainedDualEncoder:
@@ -289,20 +232,11 @@ def load_pretrained(
         crop_fov: Crop the black border before resizing; defaults to what the export recorded.
     """
     folder = Path(path)
-    config = read_export_config(folder)
-    encoder_config = _encoder_config(folder, config)
-    text = encoder_config.text
-    encoder = DualEncoder.from_config(encoder_config)
-    weights = folder / WEIGHTS
-    state = load_weights(weights)
-    check_keys(
-        f"weights {weights}",
-        f"the encoder {folder / CONFIG} describes",
-        encoder.state_dict(),
-        state,
-    )
-    encoder.load_state_dict(state)
-    tokenizer = load_tokenizer(str(folder / TOKENIZER), text.trust_remote_code)
+    encoder, config = load_saved_encoder(folder)
+    text = encoder.config.text
+    tokenizer = None  # an import without --tokenizer: the image side only
+    if (folder / TOKENIZER).is_dir():
+        tokenizer = load_tokenizer(str(folder / TOKENIZER), text.trust_remote_code)
     if crop_fov is None:
         crop_fov = bool(config.get("preprocessing", {}).get("crop_fov", True))
     model = PretrainedDualEncoder(encoder, tokenizer, text.max_length, crop_fov, config)

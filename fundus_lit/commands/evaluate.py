@@ -16,7 +16,12 @@ def build_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
 
     parser = ArgumentParser(prog=prog, description=build_parser.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML")
-    parser.add_argument("--ckpt", type=str, required=True, help="PretrainModule checkpoint")
+    parser.add_argument(
+        "--ckpt",
+        type=str,
+        required=True,
+        help="PretrainModule checkpoint, or a model folder from fundus-lit export or import",
+    )
     parser.add_argument(
         "--split", type=Literal["val", "test"], default="test", help="split evaluated"
     )

@@ -33,8 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 def default_out(ckpt: Path) -> Path:
-    """The run directory of a checkpoint (``RUN/checkpoints/x.ckpt`` -> ``RUN``)."""
+    """The run directory of a checkpoint (``RUN/checkpoints/x.ckpt`` -> ``RUN``); an export
+    folder is its own."""
     ckpt = ckpt.resolve()
+    if ckpt.is_dir():
+        return ckpt
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
@@ -58,7 +61,9 @@ class Evaluation:
     def __init__(self, parser, cfg) -> None:
         self.tasks = parse_tasks(cfg.tasks)
         self.ckpt = Path(cfg.ckpt)
-        self.checkpoint = read_checkpoint(self.ckpt)  # read once: encoder, step, decoder
+        # read once: encoder, step, decoder; an export folder holds the encoder only
+        exported = self.ckpt.is_dir()
+        self.checkpoint = {"state_dict": {}} if exported else read_checkpoint(self.ckpt)
         self.encoder, self.hp = load_encoder(self.ckpt, self.checkpoint)
         self.cfg = cfg = instantiate_for_model(parser, cfg, self.hp)
         self.dm = cfg.data
