@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "caption": "caption",
     "prepare": "prepare",
     "export": "export",
+    "import": "import_weights",
     "recipes": "recipes",
     "summary": "summary",
     "ablate": "ablate",
