@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -159,6 +160,34 @@ def import_published(
     state = read_published(path)
     if "vision_model.projection_head_vision.projection.weight" not in state:
         raise DataError(f"{path} has no FLAIR vision projection; is it a {kind} checkpoint?")
+    created = not out.exists()
+    try:
+        _write(kind, path, out, state, text_dir, image_size)
+    except BaseException:
+        if created:  # a refused import leaves no half-written folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def publisher_names(ours: dict[str, Tensor]) -> set[str]:
+    """The publisher's names of every tensor the FLAIR-shaped dual encoder holds."""
+    names = set()
+    for key in ours:
+        for theirs, mine in PREFIXES.items():
+            if key == mine or (mine.endswith(".") and key.startswith(mine)):
+                names.add(theirs + key[len(mine) :])
+    return names
+
+
+def _write(
+    kind: Publisher,
+    path: Path,
+    out: Path,
+    state: dict[str, Tensor],
+    text_dir: Path | None,
+    image_size: int,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     bert_config(state, text_dir).save_pretrained(out / TEXT_CONFIG)
     proj = state["vision_model.projection_head_vision.projection.weight"]
@@ -196,14 +225,3 @@ def import_published(
         "preprocessing": {"crop_fov": False, "image_size": image_size, "resize": "flair"},
     }
     (out / CONFIG).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
-    return out
-
-
-def publisher_names(ours: dict[str, Tensor]) -> set[str]:
-    """The publisher's names of every tensor the FLAIR-shaped dual encoder holds."""
-    names = set()
-    for key in ours:
-        for theirs, mine in PREFIXES.items():
-            if key == mine or (mine.endswith(".") and key.startswith(mine)):
-                names.add(theirs + key[len(mine) :])
-    return names

@@ -177,6 +177,7 @@ def test_wrong_or_truncated_files_are_refused_by_name(published, capsys):
     err = refused(capsys, "--from", "flair", str(tmp / "truncated.pth"), "--out", str(tmp / "x"))
     assert "truncated.pth is not a complete flair checkpoint" in err
     assert "missing 60: ['vision_model.model.layer4.0.bn1.bias'" in err
+    assert not (tmp / "x").exists()  # nothing half-written is left behind
     err = refused(capsys, "--from", "keepfit", str(tmp / "flair_resnet.pth"), "--out", str(tmp))
     assert "missing 4: ['attention.W_k.weight'" in err
     extra = dict(state) | {"head.weight": torch.zeros(2)}
