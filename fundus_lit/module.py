@@ -134,7 +134,10 @@ class PretrainModule(L.LightningModule):
         """The recipe's weighted sum on ``outputs``, each term logged."""
         total = outputs.image_emb.new_zeros(())
         sync = stage != "train"
+        kind = self.device.type
+        amp = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
         for obj in self.objectives:
+            obj.autocast_dtype = amp
             if obj.stream == "expert" and "expert" not in outputs.extra and stage != "train":
                 continue  # the expert stream feeds training only
             # losses in fp32 under bf16/fp16 autocast: logits at s = 100 and their softmax lose

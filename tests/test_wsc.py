@@ -219,3 +219,64 @@ def test_objective_without_fn_removal_is_clip_for_one_hot_labels():
     assert plain.losses["loss"].item() == pytest.approx(clip.item(), abs=1e-6)
     assert plain.scalars["false_negatives"] == 0 and removed.scalars["false_negatives"] == 2
     assert removed.losses["loss"].item() != pytest.approx(clip.item(), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def frozen_text_encoder():
+    from fundus_lit.models.dual_encoder import DualEncoder
+    from fundus_lit.models.text import TextConfig
+    from fundus_lit.models.vision import VisionConfig
+    from tests.conftest import MINILM
+
+    torch.manual_seed(0)
+    text = TextConfig(name=MINILM, pooling="mean", freeze=True, max_length=16)
+    return DualEncoder(VisionConfig(name="test_resnet"), text, embed_dim=32, image_size=64)
+
+
+def test_momentum_copy_shares_frozen_towers_and_copies_only_what_trains(frozen_text_encoder):
+    encoder = frozen_text_encoder
+    objective = WSCObjective(momentum=0.99, queue_size=16)
+    objective.attach(encoder, 4)
+    online = {id(p) for p in encoder.parameters()}
+    copy = list(objective.momentum_encoder.parameters())
+    assert {id(p) for p in encoder.text.parameters()} <= {id(p) for p in copy}  # shared
+    own = [p for p in copy if id(p) not in online]
+    trained = [p for p in encoder.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in own) == sum(p.numel() for p in trained)
+    assert sum(p.numel() for p in encoder.text.parameters()) > 10 * sum(p.numel() for p in own)
+
+
+def test_momentum_keys_follow_the_trainers_precision_and_stay_fp32(frozen_text_encoder):
+    from fundus_lit.core.resolve import load_tokenizer
+    from fundus_lit.data.batch import Batch
+    from tests.conftest import MINILM
+
+    encoder = frozen_text_encoder.eval()
+    objective = WSCObjective(momentum=0.99, queue_size=16)
+    objective.attach(encoder, 4)
+    texts = ["drusen", "a normal fundus", "optic disc cupping", "haemorrhages and exudates"]
+    tokens = load_tokenizer(MINILM)(texts, padding=True, return_tensors="pt")
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(
+        images=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=g),
+        input_ids=tokens["input_ids"],
+        attention_mask=tokens["attention_mask"],
+        texts=texts,
+        categories=[""] * 4,
+        datasets=["d"] * 4,
+        indices=torch.arange(4),
+        labels=torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]]),
+    )
+    with torch.no_grad():
+        outputs = encoder(batch.images, batch.input_ids, batch.attention_mask)
+    losses, keys = {}, {}
+    for dtype in (None, torch.bfloat16):
+        objective.autocast_dtype = dtype
+        keys[dtype] = objective._momentum_keys(batch)
+        assert all(k.dtype == torch.float32 for k in keys[dtype])
+        losses[dtype] = objective(outputs, batch).losses["loss"]
+    image32, image16 = keys[None][0], keys[torch.bfloat16][0]
+    assert not torch.equal(image16, image32)  # the momentum forward did run in bf16
+    torch.testing.assert_close(image16, image32, atol=3e-2, rtol=0)
+    assert losses[torch.bfloat16].dtype == torch.float32
+    assert float(losses[torch.bfloat16]) == pytest.approx(float(losses[None]), rel=2e-2)

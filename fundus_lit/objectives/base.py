@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from fundus_lit.data.batch import Batch
@@ -59,6 +60,9 @@ class Objective(nn.Module):
             raise ValueError(f"{type(self).__name__} requires unknown outputs {sorted(unknown)}")
         self.weight = float(weight)
         self.name = name or self.default_name
+        #: The trainer's autocast dtype, set by the training module before each call (losses
+        #: run in fp32 with autocast off; forwards an objective runs itself may use it).
+        self.autocast_dtype: torch.dtype | None = None
 
     def attach(self, encoder: DualEncoder, batch_size: int) -> None:
         """Build modules that depend on the encoder (feature sizes, a momentum copy) or on the

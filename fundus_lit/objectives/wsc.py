@@ -81,7 +81,10 @@ class WSCObjective(Objective):
     def attach(self, encoder: DualEncoder, batch_size: int) -> None:
         if self.momentum is None:
             return
-        self.momentum_encoder = copy.deepcopy(encoder)
+        # frozen parameters (a frozen text tower) never move, so the copy shares them instead
+        # of holding a second set: deepcopy reuses whatever its memo already maps
+        shared = {id(p): p for p in encoder.parameters() if not p.requires_grad}
+        self.momentum_encoder = copy.deepcopy(encoder, memo=shared)
         for p in self.momentum_encoder.parameters():
             p.requires_grad_(False)
         self.momentum_encoder.eval()
@@ -107,10 +110,15 @@ class WSCObjective(Objective):
     # -- loss --------------------------------------------------------------------------------
     @torch.no_grad()
     def _momentum_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Keys of the momentum encoder, computed under the trainer's precision (the online
+        forward's autocast) and kept in fp32 for the loss and the queue."""
         assert self.momentum_encoder is not None
-        image = self.momentum_encoder.encode_image(batch.images)["emb"].float()
-        text = self.momentum_encoder.encode_text(batch.input_ids, batch.attention_mask)["emb"]
-        return gather_no_grad(image), gather_no_grad(text.float())
+        kind = batch.images.device.type
+        dtype = self.autocast_dtype
+        with torch.autocast(kind, dtype=dtype, enabled=dtype is not None):
+            image = self.momentum_encoder.encode_image(batch.images)["emb"]
+            text = self.momentum_encoder.encode_text(batch.input_ids, batch.attention_mask)["emb"]
+        return gather_no_grad(image.float()), gather_no_grad(text.float())
 
     def _queued(self, like: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The filled part of the queue (nothing before the first enqueue)."""
