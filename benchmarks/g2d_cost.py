@@ -4,7 +4,7 @@ and a profiler count of host reads (``aten::_local_scalar_dense``, what ``.item(
 a tensor run) inside the pseudo-segmentation objective, which must be 0: on a GPU each would be a
 host-device synchronisation per step.
 
-    python benchmarks/g2d_cost.py [--vision resnet18] [--size 128] [--batch 16]
+    python benchmarks/g2d_cost.py [--vision resnet18] [--size 128] [--batch 16] [--widths 256 64]
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from results import report  # sibling module: benchmarks run as scripts
 from torch.profiler import ProfilerActivity, profile
 
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.module import PretrainModule
 from fundus_lit.objectives import FLAIRObjective, PseudoSegObjective
@@ -47,9 +48,10 @@ def make_batch(size: int, n: int, device: torch.device) -> Batch:
     return move_data_to_device(batch, device)
 
 
-def build(args, g2d: bool) -> PretrainModule:
+def build(args, g2d: bool, width: int = 256) -> PretrainModule:
     torch.manual_seed(0)
-    objectives = [FLAIRObjective()] + ([PseudoSegObjective(image_every=0)] if g2d else [])
+    pseudo = [PseudoSegObjective(image_every=0, decoder_width=width)] if g2d else []
+    objectives = [FLAIRObjective(), *pseudo]
     vision = VisionConfig(args.vision, pool="attention" if g2d else "default")
     return PretrainModule(
         vision,
@@ -98,10 +100,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=[256], help="decoder_width of each G2D variant"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    variants = {"flair": build(args, False).to(device), "flair_g2d": build(args, True).to(device)}
+    variants = {"flair": build(args, False).to(device)}
+    for width in args.widths:
+        variants[f"flair_g2d_w{width}"] = build(args, True, width).to(device)
     batch = make_batch(args.size, args.batch, device)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
@@ -115,10 +122,9 @@ def main() -> None:
     for name, values in times.items():
         t = statistics.median(values)
         print(f"{name:>10}: {t * 1000:8.1f} ms/step  ratio to flair {t / base:.3f}")
-    report(
-        "G2D pseudo-seg", statistics.median(times["flair_g2d"]) / base, "FLAIR + L_PS / FLAIR step"
-    )
-    reads = host_reads(variants["flair_g2d"], batch)
+    first = f"flair_g2d_w{args.widths[0]}"
+    report("G2D pseudo-seg", statistics.median(times[first]) / base, "FLAIR + L_PS / FLAIR step")
+    reads = host_reads(variants[first], batch)
     print(f"host reads (aten::_local_scalar_dense) in one pseudo-seg forward: {reads}")
 
 

@@ -45,8 +45,9 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from harness import bare_trainer, repeat_loader
 
+    from fundus_lit.core.resolve import load_tokenizer
     from fundus_lit.data.batch import Batch
-    from fundus_lit.models.text import TextConfig, load_tokenizer
+    from fundus_lit.models.text import TextConfig
     from fundus_lit.models.vision import VisionConfig
     from fundus_lit.module import PretrainModule
     from fundus_lit.objectives import FLAIRObjective

@@ -22,8 +22,9 @@ import torch
 from harness import bare_trainer, repeat_loader  # sibling modules: benchmarks run as scripts
 from results import report
 
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.module import PretrainModule
 from fundus_lit.objectives.functional import clip_loss

@@ -25,8 +25,9 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from results import report  # sibling module: benchmarks run as scripts
 
+from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.text import TextConfig, load_tokenizer
+from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.module import PretrainModule
 from fundus_lit.objectives import CLIPObjective, WSCObjective

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import timm
 import torch
@@ -123,3 +125,18 @@ def test_unet_stride4_backbone_and_channel_checks():
         UNetDecoder([8, 16, 32], [4, 8, 16], decoder_channels=[32, 16])
     with pytest.raises(ValueError, match="3 feature maps"):
         decoder(feats[1:], (64, 64))
+
+
+def test_decoder_width_is_configurable_and_a_trained_width_reloads(resnet18):
+    from fundus_lit.eval.segmentation import SegmentationConfig, make_decoder
+
+    narrow = build_decoder(resnet18, width=64)
+    wide = build_decoder(resnet18)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(wide) / 4
+    explicit = build_decoder(resnet18, decoder_channels=[96, 48, 24, 16, 16])
+    assert [b.conv2[0].out_channels for b in explicit.blocks] == [96, 48, 24, 16, 16]
+    # the segmentation evaluation rebuilds a trained decoder at the width it was trained with
+    encoder = types.SimpleNamespace(vision=types.SimpleNamespace(model=resnet18))
+    rebuilt = make_decoder(encoder, SegmentationConfig(), explicit.state_dict())
+    assert [b.conv2[0].out_channels for b in rebuilt.blocks] == [96, 48, 24, 16, 16]

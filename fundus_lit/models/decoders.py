@@ -122,6 +122,7 @@ class UNetDecoder(nn.Module):
         strides: Sequence[int],
         decoder_channels: Sequence[int] | None = None,
         out_channels: int = 1,
+        width: int = 256,
     ) -> None:
         super().__init__()
         if not channels or len(channels) != len(strides):
@@ -134,7 +135,11 @@ class UNetDecoder(nn.Module):
         n_skip = len(self.channels) - 1
         n_extra = _upsample_steps(min(self.strides))
         n_blocks = n_skip + n_extra
-        widths = default_taper(n_blocks) if decoder_channels is None else list(decoder_channels)
+        widths = (
+            default_taper(n_blocks, start=width)
+            if decoder_channels is None
+            else list(decoder_channels)
+        )
         if len(widths) != n_blocks:
             raise ValueError(
                 f"decoder_channels needs {n_blocks} entries ({n_skip} skip + {n_extra} upsampling"
@@ -222,19 +227,26 @@ def feature_channels_and_strides(model: nn.Module) -> tuple[list[int], list[int]
 
 
 def build_decoder(
-    model: nn.Module, kind: DecoderKind = "auto", out_channels: int = 1
+    model: nn.Module,
+    kind: DecoderKind = "auto",
+    out_channels: int = 1,
+    width: int = 256,
+    decoder_channels: Sequence[int] | None = None,
 ) -> UNetDecoder | ProgressiveDecoder:
     """Decoder matching a timm backbone: U-Net for multi-stride CNNs, progressive for ViTs.
 
     ``auto`` decides from ``feature_info``: several distinct reductions mean there are skips to
     use (ResNet: 2..32, ConvNeXt/Swin: 4..32); a single reduction (ViT: every block at the patch
-    stride) means there are none.
+    stride) means there are none. ``width`` is the deepest block's width (halved per stage,
+    floor 16); ``decoder_channels`` gives the U-Net's block widths one by one instead.
     """
     channels, strides = feature_channels_and_strides(model)
     if kind == "auto":
         kind = "unet" if len(set(strides)) > 1 else "progressive"
     if kind == "unet":
-        return UNetDecoder(channels, strides, out_channels=out_channels)
+        return UNetDecoder(channels, strides, decoder_channels, out_channels, width)
     if kind == "progressive":
-        return ProgressiveDecoder(channels[-1], strides[-1], out_channels=out_channels)
+        if decoder_channels is not None:
+            raise ValueError("decoder_channels sets a U-Net's blocks; use decoder_width here")
+        return ProgressiveDecoder(channels[-1], strides[-1], width, out_channels)
     raise ValueError(f"unknown decoder kind {kind!r}; expected 'auto', 'unet' or 'progressive'")

@@ -45,6 +45,10 @@ class PseudoSegObjective(Objective):
         w_bce: Weight of the BCE term.
         warmup_steps: Optimiser steps during which this loss is multiplied by 0 (global only).
         decoder: ``auto`` (U-Net for CNNs, progressive for ViTs), ``unet`` or ``progressive``.
+        decoder_width: Width of the deepest decoder block, halved at every upsampling stage
+            (floor 16): the decoder's cost scales about with its square.
+        decoder_channels: The U-Net's block widths, deep -> shallow, one per block (the error
+            says how many the backbone needs); overrides ``decoder_width``.
         image_every: Log input / mask / prediction overlays every this many training steps
             (0: never).
     """
@@ -68,6 +72,8 @@ class PseudoSegObjective(Objective):
         warmup_steps: int | None = None,
         decoder: Literal["auto", "unet", "progressive"] = "auto",
         image_every: int = 200,
+        decoder_width: int = 256,
+        decoder_channels: list[int] | None = None,
     ) -> None:
         super().__init__(weight, name)
         base = PRESETS[preset]
@@ -79,6 +85,7 @@ class PseudoSegObjective(Objective):
         self.warmup_steps = base.warmup_steps if warmup_steps is None else warmup_steps
         self.fov, self.smoothing, self.sigma = fov, smoothing, sigma
         self.per_head, self.decoder_kind, self.image_every = per_head, decoder, image_every
+        self.decoder_width, self.decoder_channels = decoder_width, decoder_channels
         self.decoder: torch.nn.Module | None = None
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._host_steps: int | None = None  # a host copy: reading the buffer would sync a GPU
@@ -91,7 +98,13 @@ class PseudoSegObjective(Objective):
                 "model.vision.pool: attention"
             )
         channels = pool.heads if self.per_head else 1
-        self.decoder = build_decoder(encoder.vision.model, self.decoder_kind, channels)
+        self.decoder = build_decoder(
+            encoder.vision.model,
+            self.decoder_kind,
+            channels,
+            self.decoder_width,
+            self.decoder_channels,
+        )
 
     def after_optimizer_step(self, encoder: DualEncoder) -> None:
         self.steps += 1
