@@ -9,32 +9,14 @@ transformers config. :func:`fundus_lit.load_pretrained` reads it back.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from safetensors.torch import save_file
-from torch import Tensor
 
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.errors import DataError
 from fundus_lit.core.resolve import load_tokenizer
-from fundus_lit.core.version import __version__
 from fundus_lit.eval.loading import load_encoder
 from fundus_lit.models.dual_encoder import DualEncoderConfig
-from fundus_lit.models.saved import (
-    CONFIG,
-    FORMAT,
-    FORMAT_VERSION,
-    TEXT_CONFIG,
-    TOKENIZER,
-    WEIGHTS,
-)
-
-
-def plain_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Contiguous CPU copies: safetensors refuses tensors that share memory (tied weights) or
-    are views, so each tensor gets its own storage."""
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+from fundus_lit.models.saved import TEXT_CONFIG, TOKENIZER, folder_config, write_model_folder
 
 
 def export_config(hp: dict, ckpt: Path, crop_fov: bool) -> dict:
@@ -42,16 +24,13 @@ def export_config(hp: dict, ckpt: Path, crop_fov: bool) -> dict:
     pretrained downloads, local weight files and compilation switched off (the weights are in the
     export; the using machine may lack a compiler), and the text model redirected to the
     export's own folder (the original reference is kept as ``source_text_model``)."""
-    encoder = DualEncoderConfig.from_dict(hp).for_saved_weights(text_name=TEXT_CONFIG)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fundus_lit_version": __version__,
-        "source_checkpoint": ckpt.name,
-        "source_text_model": hp["text"]["name"],
-        **encoder.to_dict(),
-        "preprocessing": {"crop_fov": crop_fov, "image_size": encoder.image_size},
-    }
+    encoder = DualEncoderConfig.from_dict(hp)
+    return folder_config(
+        encoder,
+        {"crop_fov": crop_fov, "image_size": encoder.image_size},
+        source_checkpoint=ckpt.name,
+        source_text_model=hp["text"]["name"],
+    )
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, crop_fov: bool = True) -> Path:
@@ -67,10 +46,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, crop_fov: bool = True) 
     data = read_checkpoint(ckpt)
     encoder, hp = load_encoder(ckpt, data)
     tokenizer = load_tokenizer(hp["text"]["name"], hp["text"].get("trust_remote_code", False))
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(plain_state(encoder.state_dict()), str(out / WEIGHTS), metadata={"format": "pt"})
+    write_model_folder(out, encoder.state_dict(), export_config(hp, ckpt, crop_fov))
     encoder.text.model.config.save_pretrained(out / TEXT_CONFIG)
     tokenizer.save_pretrained(out / TOKENIZER)
-    config = export_config(hp, ckpt, crop_fov)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out

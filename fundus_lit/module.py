@@ -187,7 +187,6 @@ class PretrainModule(L.LightningModule):
         self._step_started = now
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self.nonfinite.skipped = False
         if not self.automatic_optimization:  # grad_cache (switched on in setup)
             return self._grad_cache_step(batch)
         loss, _ = self._step(batch, "train")

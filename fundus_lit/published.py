@@ -18,7 +18,6 @@ zero padding right and bottom) recorded in the folder's config. The folder has t
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -26,15 +25,14 @@ from typing import Literal
 
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from fundus_lit.core.checkpoint import check_keys
 from fundus_lit.core.errors import DataError
 from fundus_lit.core.resolve import load_tokenizer
-from fundus_lit.core.version import __version__
 from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig
-from fundus_lit.models.saved import CONFIG, FORMAT, FORMAT_VERSION, TEXT_CONFIG, TOKENIZER, WEIGHTS
+from fundus_lit.models.saved import TEXT_CONFIG, TOKENIZER, folder_config, write_model_folder
 from fundus_lit.models.text import TextConfig
 from fundus_lit.models.vision import VisionConfig
 
@@ -84,14 +82,6 @@ def read_published(path: Path) -> dict[str, Tensor]:
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
-
-
-def to_fundus_lit(name: str) -> str | None:
-    """The fundus-lit name of a publisher's tensor; None for one the dual encoder does not keep."""
-    for theirs, ours in PREFIXES.items():
-        if name == theirs or (theirs.endswith(".") and name.startswith(theirs)):
-            return ours + name[len(theirs) :]
-    return None
 
 
 def bert_config(state: dict[str, Tensor], text_dir: Path | None) -> transformers.BertConfig:
@@ -158,8 +148,9 @@ def import_published(
     if text_dir is not None and not text_dir.is_dir():
         raise DataError(f"--tokenizer {text_dir} is not a folder (a local Bio_ClinicalBERT)")
     state = read_published(path)
-    if "vision_model.projection_head_vision.projection.weight" not in state:
-        raise DataError(f"{path} has no FLAIR vision projection; is it a {kind} checkpoint?")
+    for name in ("logit_scale", "vision_model.projection_head_vision.projection.weight"):
+        if name not in state:  # read before the full check: they size the model
+            raise DataError(f"{path} has no {name}; is it a {kind} checkpoint?")
     created = not out.exists()
     try:
         _write(kind, path, out, state, text_dir, image_size)
@@ -170,13 +161,13 @@ def import_published(
     return out
 
 
-def publisher_names(ours: dict[str, Tensor]) -> set[str]:
-    """The publisher's names of every tensor the FLAIR-shaped dual encoder holds."""
-    names = set()
+def publisher_names(ours: dict[str, Tensor]) -> dict[str, str]:
+    """Publisher's name -> fundus-lit name, for every tensor the FLAIR-shaped encoder holds."""
+    names = {}
     for key in ours:
         for theirs, mine in PREFIXES.items():
             if key == mine or (mine.endswith(".") and key.startswith(mine)):
-                names.add(theirs + key[len(mine) :])
+                names[theirs + key[len(mine) :]] = key
     return names
 
 
@@ -197,31 +188,23 @@ def _write(
         embed_dim=proj.shape[0],
         image_size=image_size,
         projection="normalized_linear",
-        temperature=math.exp(-float(state.get("logit_scale", torch.tensor(math.log(1 / 0.07))))),
+        temperature=math.exp(-float(state["logit_scale"])),
     )
     encoder = DualEncoder.from_config(config.for_saved_weights(text_name=str(out / TEXT_CONFIG)))
     ours = encoder.state_dict()
-    expected = publisher_names(ours)
-    check_published(state, expected, kind, path)
-    mapped = {to_fundus_lit(k): state[k] for k in expected}
+    names = publisher_names(ours)
+    check_published(state, set(names), kind, path)
+    mapped = {mine: state[theirs] for theirs, mine in names.items()}
     check_keys(f"{kind} checkpoint {path}", "the FLAIR architecture", ours, mapped)
-    encoder.load_state_dict(mapped)
-    save_file(
-        {k: v.detach().to("cpu", copy=True).contiguous() for k, v in mapped.items()},
-        str(out / WEIGHTS),
-        metadata={"format": "pt"},
+    preprocessing = {"crop_fov": False, "image_size": image_size, "resize": "flair"}
+    saved = folder_config(
+        config,
+        preprocessing,
+        source_checkpoint=path.name,
+        source=kind,
+        source_extra_tensors=sorted(EXTRA[kind]),
+        tokenizer=text_dir is not None,
     )
+    write_model_folder(out, mapped, saved)
     if text_dir is not None:
         load_tokenizer(str(text_dir)).save_pretrained(out / TOKENIZER)
-    saved = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fundus_lit_version": __version__,
-        "source_checkpoint": path.name,
-        "source": kind,
-        "source_extra_tensors": sorted(EXTRA[kind]),
-        "tokenizer": text_dir is not None,
-        **config.for_saved_weights(text_name=TEXT_CONFIG).to_dict(),
-        "preprocessing": {"crop_fov": False, "image_size": image_size, "resize": "flair"},
-    }
-    (out / CONFIG).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")

@@ -115,13 +115,14 @@ def make_decoder(
         return build_decoder(encoder.vision.model, "auto", 1)
     channels = pretrained["head.weight"].shape[0] if "head.weight" in pretrained else 1
     # the widths training chose (decoder_width / decoder_channels) are read off the weights
-    blocks = sorted({int(k.split(".")[1]) for k in pretrained if k.startswith("blocks.")})
-    if "proj.0.weight" in pretrained:  # progressive (ViT)
-        width, widths = int(pretrained["proj.0.weight"].shape[0]), None
-    else:
-        width = 256
-        widths = [int(pretrained[f"blocks.{i}.conv2.0.weight"].shape[0]) for i in blocks] or None
-    decoder = build_decoder(encoder.vision.model, "auto", channels, width, widths)
+    if "proj.0.weight" in pretrained:  # progressive (ViT): its first width sets the taper
+        widths: dict = {"width": int(pretrained["proj.0.weight"].shape[0])}
+    else:  # U-Net: every block's width
+        blocks = sorted({int(k.split(".")[1]) for k in pretrained if k.startswith("blocks.")})
+        widths = {
+            "decoder_channels": [pretrained[f"blocks.{i}.conv2.0.weight"].shape[0] for i in blocks]
+        }
+    decoder = build_decoder(encoder.vision.model, "auto", channels, **widths)
     decoder.load_state_dict(pretrained)
     if channels != 1:  # per-head pretraining: keep the body, re-initialise a 1-channel head
         decoder.head = nn.Conv2d(decoder.head.in_channels, 1, 1)

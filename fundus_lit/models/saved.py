@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fundus_lit.core.checkpoint import check_keys
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.version import __version__
 from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig
 
 FORMAT = "fundus-lit-dual-encoder"
@@ -99,15 +100,7 @@ def load_saved_encoder(folder: Path) -> tuple[DualEncoder, dict]:
     architecture its config describes) and the config, in eval mode on the CPU."""
     config = read_export_config(folder)
     encoder = DualEncoder.from_config(saved_encoder_config(folder, config))
-    weights = folder / WEIGHTS
-    state = load_weights(weights)
-    check_keys(
-        f"weights {weights}",
-        f"the encoder {folder / CONFIG} describes",
-        encoder.state_dict(),
-        state,
-    )
-    encoder.load_state_dict(state)
+    _fill(encoder, folder, f"the encoder {folder / CONFIG} describes")
     return encoder.eval(), config
 
 
@@ -116,7 +109,39 @@ def load_export_weights(encoder: DualEncoder, folder: str | Path) -> None:
     and shape must match, so a folder of another architecture is refused by name."""
     folder = Path(folder)
     read_export_config(folder)
+    _fill(encoder, folder, "the model the config describes")
+
+
+def _fill(encoder: DualEncoder, folder: Path, described_by: str) -> None:
     weights = folder / WEIGHTS
     state = load_weights(weights)
-    check_keys(f"weights {weights}", "the model the config describes", encoder.state_dict(), state)
+    check_keys(f"weights {weights}", described_by, encoder.state_dict(), state)
     encoder.load_state_dict(state)
+
+
+def plain_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous CPU copies: safetensors refuses tensors that share memory (tied weights) or
+    are views, so each tensor gets its own storage."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def folder_config(encoder: DualEncoderConfig, preprocessing: dict, **source: object) -> dict:
+    """The ``config.json`` of a model folder: the format, what the folder came from
+    (``source``), the encoder config with every download off and the text model redirected to
+    the folder's own ``text_config/``, and how images are prepared."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fundus_lit_version": __version__,
+        **source,
+        **encoder.for_saved_weights(text_name=TEXT_CONFIG).to_dict(),
+        "preprocessing": preprocessing,
+    }
+
+
+def write_model_folder(out: Path, state: dict[str, Tensor], config: dict) -> None:
+    """Write a model folder's weights (safetensors) and ``config.json``; the caller writes
+    ``text_config/`` and ``tokenizer/``."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(plain_state(state), str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
