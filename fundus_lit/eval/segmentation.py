@@ -25,7 +25,7 @@ from fundus_lit.data.records import FundusRecord
 from fundus_lit.data.sources import Source
 from fundus_lit.data.transforms import fov_bbox, pad_resize
 from fundus_lit.eval.features import default_device
-from fundus_lit.models.decoders import build_decoder
+from fundus_lit.models.decoders import build_decoder, feature_channels_and_strides
 from fundus_lit.models.dual_encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
@@ -106,25 +106,54 @@ def pretrained_decoder_state(checkpoint: dict) -> dict[str, Tensor]:
     return found
 
 
+def rebuild_decoder(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """The decoder ``state`` was saved from, at the widths and depth that training chose.
+
+    The widths (``decoder_width`` / ``decoder_channels``) are read off the weights. The depth
+    (``decoder_stride``) leaves no single weight to read, so every output stride the backbone
+    allows is tried and the one whose decoder has exactly ``state``'s names and shapes is kept:
+    the stride sets how many blocks or stages there are and which blocks take a skip.
+    """
+    channels = state["head.weight"].shape[0] if "head.weight" in state else 1
+    if "proj.0.weight" in state:  # progressive (ViT): its first width sets the taper
+        kind, widths = "progressive", {"width": int(state["proj.0.weight"].shape[0])}
+    else:  # U-Net: every block's width
+        blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+        kind = "unet"
+        widths = {
+            "decoder_channels": [state[f"blocks.{i}.conv2.0.weight"].shape[0] for i in blocks]
+        }
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    coarsest = max(feature_channels_and_strides(model)[1])
+    for stride in (1 << i for i in range((coarsest - 1).bit_length())):
+        try:
+            decoder = build_decoder(model, kind, channels, output_stride=stride, **widths)
+        except ValueError:  # a U-Net of another block count at this stride
+            continue
+        if {k: tuple(v.shape) for k, v in decoder.state_dict().items()} == shapes:
+            decoder.load_state_dict(state)
+            return decoder
+    raise DataError(
+        f"the checkpoint's pseudo-segmentation decoder ({kind}, {len(state)} tensors) matches no"
+        f" decoder for this backbone at any output stride below {coarsest}; was it trained with"
+        " another vision backbone?"
+    )
+
+
 def make_decoder(
     encoder: DualEncoder, cfg: SegmentationConfig, pretrained: dict[str, Tensor] | None
 ) -> nn.Module:
-    """A fresh decoder for the backbone, or one filled with ``pretrained`` weights."""
+    """A fresh decoder for the backbone, or one filled with ``pretrained`` weights.
+
+    A fresh one is always the full-depth default, whatever pretraining used: it is the fixed
+    probe that compares encoders.
+    """
     torch.manual_seed(cfg.seed)
     if pretrained is None:
         return build_decoder(encoder.vision.model, "auto", 1)
-    channels = pretrained["head.weight"].shape[0] if "head.weight" in pretrained else 1
-    # the widths training chose (decoder_width / decoder_channels) are read off the weights
-    if "proj.0.weight" in pretrained:  # progressive (ViT): its first width sets the taper
-        widths: dict = {"width": int(pretrained["proj.0.weight"].shape[0])}
-    else:  # U-Net: every block's width
-        blocks = sorted({int(k.split(".")[1]) for k in pretrained if k.startswith("blocks.")})
-        widths = {
-            "decoder_channels": [pretrained[f"blocks.{i}.conv2.0.weight"].shape[0] for i in blocks]
-        }
-    decoder = build_decoder(encoder.vision.model, "auto", channels, **widths)
-    decoder.load_state_dict(pretrained)
-    if channels != 1:  # per-head pretraining: keep the body, re-initialise a 1-channel head
+    decoder = rebuild_decoder(encoder.vision.model, pretrained)
+    if decoder.head.out_channels != 1:  # per-head pretraining: keep the body, a 1-channel head
+        torch.manual_seed(cfg.seed)  # the same draw however many candidates the rebuild tried
         decoder.head = nn.Conv2d(decoder.head.in_channels, 1, 1)
     return decoder
 

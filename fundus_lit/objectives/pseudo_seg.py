@@ -7,14 +7,18 @@ without gradient, so L_PS trains the backbone and the decoder but never the pool
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from fundus_lit.core.dice import dice_bce_loss
 from fundus_lit.data.batch import Batch
-from fundus_lit.models.decoders import build_decoder
+from fundus_lit.models.decoders import (
+    build_decoder,
+    check_output_stride,
+    feature_channels_and_strides,
+)
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
 from fundus_lit.objectives.g2d_functional import PRESETS, fov_mask, pseudo_masks
@@ -49,8 +53,13 @@ class PseudoSegObjective(Objective):
             (floor 16): the decoder's cost scales about with its square.
         decoder_channels: The U-Net's block widths, deep -> shallow, one per block (the error
             says how many the backbone needs); overrides ``decoder_width``.
+        decoder_stride: Output stride at which the decoder stops (a power of two below the
+            backbone's coarsest stride): 1 runs it to input resolution; 2 or 4 drop the blocks
+            on the largest maps, most of a narrow decoder's cost, and upsample the logits
+            bilinearly. Masks and loss stay at input size either way.
         image_every: Log input / mask / prediction overlays every this many training steps
-            (0: never).
+            (0: never); a multiple of ``trainer.log_every_n_steps`` draws them at logging steps,
+            where the host reads values anyway.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"attention", "multiscale"})
@@ -74,6 +83,7 @@ class PseudoSegObjective(Objective):
         image_every: int = 200,
         decoder_width: int = 256,
         decoder_channels: list[int] | None = None,
+        decoder_stride: int = 1,
     ) -> None:
         super().__init__(weight, name)
         base = PRESETS[preset]
@@ -86,9 +96,10 @@ class PseudoSegObjective(Objective):
         self.fov, self.smoothing, self.sigma = fov, smoothing, sigma
         self.per_head, self.decoder_kind, self.image_every = per_head, decoder, image_every
         self.decoder_width, self.decoder_channels = decoder_width, decoder_channels
+        self.decoder_stride = check_output_stride(decoder_stride, key="decoder_stride")
         self.decoder: torch.nn.Module | None = None
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._host_steps: int | None = None  # a host copy: reading the buffer would sync a GPU
+        self._host_steps = 0  # a host copy: reading the buffer would sync a GPU
 
     def attach(self, encoder: DualEncoder, batch_size: int) -> None:
         pool = getattr(encoder.vision, "pool", None)
@@ -98,18 +109,28 @@ class PseudoSegObjective(Objective):
                 "model.vision.pool: attention"
             )
         channels = pool.heads if self.per_head else 1
+        coarsest = max(feature_channels_and_strides(encoder.vision.model)[1])
+        check_output_stride(self.decoder_stride, coarsest, key="decoder_stride")  # in its name
         self.decoder = build_decoder(
             encoder.vision.model,
             self.decoder_kind,
             channels,
             self.decoder_width,
             self.decoder_channels,
+            self.decoder_stride,
         )
 
-    def after_optimizer_step(self, encoder: DualEncoder) -> None:
-        self.steps += 1
-        if self._host_steps is not None:
-            self._host_steps += 1
+    def after_optimizer_step(self, encoder: DualEncoder, taken: Tensor | None = None) -> None:
+        # the warm-up counts taken steps (on the device); the host copy, which only paces the
+        # logged images, counts every step
+        self.steps += 1 if taken is None else taken.long()
+        self._host_steps += 1
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        saved = state_dict.get(prefix + "steps")
+        if saved is not None:  # a resumed run goes on counting (read once, at load)
+            self._host_steps = int(saved)
 
     def masks(self, attention: Tensor, images: Tensor) -> Tensor:
         """Pseudo masks at input resolution, (B, 1 or heads, H, W), without gradient."""
@@ -138,9 +159,10 @@ class PseudoSegObjective(Objective):
         active = (self.steps >= self.warmup_steps).to(loss.dtype)
         scalars = {"mask_fraction": target.mean().detach(), "active": active}
         pictures = {}
-        if self._host_steps is None:  # once per run (after a resume, the restored count)
-            self._host_steps = int(self.steps)
-        if self.training and self.image_every and self._host_steps % self.image_every == 0:
+        # step s is written to the logs when (s + 1) % log_every_n_steps == 0: on the same
+        # count, an image_every that is a multiple of it draws at logging steps only
+        due = self.image_every and (self._host_steps + 1) % self.image_every == 0
+        if self.training and due:
             pictures["overlay"] = overlay(images[:4], target[:4], logits[:4].detach())
         return ObjectiveOutput(losses={"loss": loss * active}, scalars=scalars, images=pictures)
 
