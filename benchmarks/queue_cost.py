@@ -52,7 +52,26 @@ def make_batch(size: int, n: int, labels: int, device: torch.device) -> Batch:
     return move_data_to_device(batch, device)
 
 
+def fill_queue(module: PretrainModule, batch: Batch) -> None:
+    """Write every slot of a WSC queue, as after the first K / B steps of a run: the steady
+    state, where all K keys enter the loss (an empty queue would time a cheaper step)."""
+    objective = module.objectives[0]
+    if not getattr(objective, "queue_size", 0):
+        return
+    labels = batch.labels
+    assert labels is not None
+    g = torch.Generator().manual_seed(1)
+    k, dim = objective.image_queue.shape
+    for buffer in ("image_queue", "text_queue"):
+        keys = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=-1)
+        getattr(objective, buffer).copy_(keys)
+    objective.label_queue = (torch.rand(k, labels.shape[1], generator=g) < 0.05).float()
+    objective.queue_fill.fill_(k)
+    module.to(labels.device)
+
+
 def step_time(module: PretrainModule, batch: Batch, steps: int) -> float:
+    fill_queue(module, batch)
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Any
@@ -13,8 +12,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fundus_lit import grad_cache as gc
+from fundus_lit.core.checkpoint import check_resumable
 from fundus_lit.core.dataclasses import as_dataclass
-from fundus_lit.core.distributed import world
+from fundus_lit.core.distributed import max_over_ranks
 from fundus_lit.core.quiet import quiet_eval_mode_warning
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.dual_encoder import DualEncoder, DualEncoderConfig, Projection
@@ -25,7 +25,8 @@ from fundus_lit.models.vision import VisionConfig
 from fundus_lit.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: F401 (public here)
 from fundus_lit.objectives.base import Objective
 from fundus_lit.objectives.clip import CLIPObjective
-from fundus_lit.optim import OptimConfig, adamw_with_schedule
+from fundus_lit.optim import OptimConfig, adamw_with_schedule, clip_gradients, drop_step_if
+from fundus_lit.train_logging import StepRate, log_images, log_train_state
 
 
 class PretrainModule(L.LightningModule):
@@ -45,12 +46,13 @@ class PretrainModule(L.LightningModule):
         init_weights: A model folder (``fundus-lit export`` or ``import``, e.g. FLAIR's published
             weights) whose dual-encoder weights start training; the model config must describe
             the same architecture (every key and shape is checked).
-        max_nonfinite_steps: A step whose loss is not finite (on any rank) is skipped on every
-            rank: no gradient, no weight or EMA update (Lightning still counts it in
-            ``global_step``, the schedule moves on, and BatchNorm statistics keep the forward's
-            update), counted in ``train/nonfinite_steps`` and reported with its loss terms. This
-            many in a row stop the run with :class:`NonFiniteLossError`; 0 switches the guard
-            off (it reads the loss on the host each step, a device sync).
+        max_nonfinite_steps: A step whose loss is not finite (on any rank) is dropped on every
+            rank by the optimiser itself: no weight, moment or EMA update, no queue write
+            (Lightning still counts it in ``global_step``, the schedule moves on, and BatchNorm
+            statistics keep the forward's update). The flag stays on the device; skipped steps
+            are counted in ``train/nonfinite_steps`` and reported with their loss terms at
+            logging steps, and this many in a row stop the run there with
+            :class:`NonFiniteLossError`. 0 switches the guard off.
         grad_cache: Chunk size (samples) of the gradient cache (:mod:`fundus_lit.grad_cache`):
             the contrastive batch stays whole (same loss and gradients) while activation memory
             is one chunk's, for about one extra forward pass; null or 0 is off. Only public-stream
@@ -115,14 +117,20 @@ class PretrainModule(L.LightningModule):
         self.expert_requires = frozenset().union(
             *(o.requires for o in objectives if o.stream == "expert")
         )
-        self._step_started: float | None = None
+        self._rate = StepRate()
 
     def forward(self, batch: Batch) -> ModelOutputs:
-        outputs = self.encoder(batch.images, batch.input_ids, batch.attention_mask, self.requires)
+        outputs = self.encoder(
+            batch.images, batch.input_ids, batch.attention_mask, self.requires, batch.text_keys
+        )
         expert = batch.extra.get("expert")
         if expert is not None and self.expert_requires:
             outputs.extra["expert"] = self.encoder(
-                expert.images, expert.input_ids, expert.attention_mask, self.expert_requires
+                expert.images,
+                expert.input_ids,
+                expert.attention_mask,
+                self.expert_requires,
+                expert.text_keys,
             )
         return outputs
 
@@ -153,69 +161,49 @@ class PretrainModule(L.LightningModule):
             for key, value in (terms | result.scalars).items():
                 self.log(f"{stage}/{obj.name}/{key}", value, sync_dist=sync, batch_size=len(batch))
             if stage == "train":
-                self._log_images(obj.name, result.images)
-        self.log(f"{stage}/loss", total, prog_bar=True, sync_dist=sync, batch_size=len(batch))
+                log_images(self, obj.name, result.images)
+        # not on the bar while training: Lightning would read it on the host after every step
+        # (the fit command's bar shows it at logging steps, callbacks/progress_bar.py)
+        bar = stage != "train"
+        self.log(f"{stage}/loss", total, prog_bar=bar, sync_dist=sync, batch_size=len(batch))
         return total
-
-    def _log_images(self, prefix: str, images: dict[str, Tensor]) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if not images or not hasattr(experiment, "add_images"):
-            return
-        for key, value in images.items():
-            experiment.add_images(f"{prefix}/{key}", value, self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the missing, unexpected and mis-shaped keys when ``--ckpt_path`` was written by a
         different recipe than the config's, before Lightning's strict load lists them all."""
         if "state_dict" in checkpoint:
-            from fundus_lit.core.checkpoint import check_keys
-
-            found = checkpoint["state_dict"]
-            # buffers sized from the first batch (ViLReF's label queue) are empty until then and
-            # take the checkpoint's shape when loaded
-            expected = {
-                k: found.get(k, v) if isinstance(v, Tensor) and v.numel() == 0 else v
-                for k, v in self.state_dict().items()
-            }
-            check_keys("the checkpoint", "the model built from the config", expected, found)
+            check_resumable(self.state_dict(), checkpoint["state_dict"])
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._step_started is not None:
-            rate = len(batch) * world()[1] / max(now - self._step_started, 1e-9)
-            self.log("train/samples_per_s", rate, batch_size=len(batch))
-        self._step_started = now
+        self._rate.log(self, len(batch))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if not self.automatic_optimization:  # grad_cache (switched on in setup)
             return self._grad_cache_step(batch)
         loss, _ = self._step(batch, "train")
-        self._log_train_state(len(batch))
-        if self._skip_nonfinite(loss, len(batch)):
-            # Lightning refuses a None step under DDP, and every rank's backward must reach
-            # every parameter: a zero loss over all of them, whose gradients
-            # on_before_optimizer_step then drops, so the optimiser step changes nothing
-            return sum((p.reshape(-1)[:1] * 0).sum() for p in self.parameters() if p.requires_grad)
+        log_train_state(self, self.encoder.scale(), len(batch))
+        # a non-finite loss still runs its backward (every rank's backward must reach every
+        # parameter under DDP); the optimiser then drops the step on the device flag
+        self._check_nonfinite(loss, len(batch))
         return loss
 
-    def _skip_nonfinite(self, loss: Tensor, batch_size: int) -> bool:
-        """Whether this step must be dropped because its loss is not finite on some rank."""
-        strategy = self.trainer.strategy
-        where = f"step {self.global_step} (epoch {self.current_epoch})"
-        if not self.nonfinite.check(
-            loss, lambda bad: strategy.reduce_boolean_decision(bad, all=False), where, self._terms
-        ):
-            return False
-        steps = float(self.nonfinite.steps)
-        self.log("train/nonfinite_steps", steps, batch_size=batch_size)
-        for obj in self.objectives:
-            obj.on_step_skipped()
-        return True
+    def _check_nonfinite(self, loss: Tensor, batch_size: int) -> None:
+        """Flag this step on the device if its loss is not finite on some rank (no host read)."""
+        flag = self.nonfinite.check(loss, max_over_ranks, self.global_step, self._terms)
+        if flag is not None:
+            self.log("train/nonfinite_steps", self.nonfinite.total, batch_size=batch_size)
 
-    def _log_train_state(self, batch_size: int) -> None:
-        self.log("train/logit_scale", self.encoder.scale().detach(), batch_size=batch_size)
-        group = self.trainer.optimizers[0].param_groups[0]
-        self.log("train/lr", group["lr"] / group["lr_mult"], batch_size=batch_size)
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        # the host reads the guard's counters only when Lightning writes the logs anyway
+        connector = self.trainer._logger_connector
+        if getattr(connector, "should_update_logs", True):
+            self.nonfinite.report()
+
+    def on_train_epoch_end(self) -> None:
+        self.nonfinite.report()
+
+    def on_train_end(self) -> None:
+        self.nonfinite.report()
 
     def _grad_cache_step(self, batch: Batch) -> Tensor:
         """One optimiser step on the whole batch with the gradient cache (see ``grad_cache``)."""
@@ -223,7 +211,8 @@ class PretrainModule(L.LightningModule):
 
         def embed(rows: slice) -> tuple[Tensor, Tensor | None]:
             ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
-            out = self.encoder(batch.images[rows], ids, mask, self.requires)
+            keys = batch.text_keys[rows]
+            out = self.encoder(batch.images[rows], ids, mask, self.requires, keys)
             return out.image_emb.float(), None if out.text_emb is None else out.text_emb.float()
 
         def loss_of(emb: list[Tensor | None]) -> Tensor:
@@ -245,18 +234,15 @@ class PretrainModule(L.LightningModule):
                 self.encoder,
                 self.device,
             )
-        self._log_train_state(len(batch))
-        if self._skip_nonfinite(loss, len(batch)):
-            optimizer.zero_grad()
-            return None
+        log_train_state(self, self.encoder.scale(), len(batch))
+        self._check_nonfinite(loss, len(batch))
         if ddp:
             gc.average_gradients(self.parameters(), strategy.model.process_group)
-        optimizer.step()  # clipping: on_before_optimizer_step
+        optimizer.step()  # clipping and the non-finite flag: on_before_optimizer_step
         scheduler = self.lr_schedulers()
         if scheduler is not None:  # stepped per optimiser step, as configure_optimizers asks
             scheduler.step()  # type: ignore[union-attr]
-        for obj in self.objectives:
-            obj.after_optimizer_step(self.encoder)
+        self._after_optimizer_step()
         return loss
 
     def on_fit_start(self) -> None:
@@ -272,12 +258,22 @@ class PretrainModule(L.LightningModule):
             self.automatic_optimization = False
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.nonfinite.skipped:  # no gradient, no update (not even weight decay or momentum)
-            optimizer.zero_grad(set_to_none=True)
-            return
+        flag = self.nonfinite.flag
+        if flag is not None:  # no update at all (not even weight decay or momentum)
+            drop_step_if(optimizer, flag)
         if not self.automatic_optimization:  # automatic optimisation clips after this hook
-            # with trainer.gradient_clip_val / gradient_clip_algorithm, after AMP unscaling
-            self.clip_gradients(optimizer)
+            trainer = self.trainer
+            clip = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+            self.configure_gradient_clipping(optimizer, *clip)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning's own path refuses the fused optimiser under AMP
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, outputs = self._step(batch, "val")
@@ -307,10 +303,14 @@ class PretrainModule(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)  # runs training_step inside
-        if self.nonfinite.skipped:  # the optimiser found no gradients: nothing moved, nor may EMAs
-            return
+        self._after_optimizer_step()
+
+    def _after_optimizer_step(self) -> None:
+        # a dropped step moved nothing, so EMAs and queues must not move either: objectives
+        # weigh their writes by the device flag
+        taken = self.nonfinite.taken()
         for obj in self.objectives:
-            obj.after_optimizer_step(self.encoder)
+            obj.after_optimizer_step(self.encoder, taken)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_with_schedule(

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning as L
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass
@@ -77,10 +78,58 @@ def adamw_with_schedule(
 ) -> dict[str, Any]:
     """What ``configure_optimizers`` returns: AdamW over :func:`param_groups`, and the warm-up +
     cosine factor stepped per optimiser step (not per epoch: runs are often a few epochs)."""
-    optimizer = torch.optim.AdamW(param_groups(named, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    groups = param_groups(named, cfg)
+    try:  # fused: one kernel per step, and it can drop a step on a device flag (drop_step_if)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     total = max(1, int(total_steps))
     warm = warmup_steps(cfg.warmup, total)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warm, total, cfg.min_lr_ratio)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def drop_step_if(optimizer: torch.optim.Optimizer, flag: Tensor) -> None:
+    """Make the coming ``optimizer.step()`` change nothing when ``flag`` (0-dim float32) is
+    1: no parameter, moment or step-count update, decided on the device.
+
+    A fused optimiser takes the flag as its ``found_inf`` input, the one AMP's gradient scaler
+    fills (under fp16 the scaler overwrites it with its own, which a non-finite loss also sets).
+    Any other optimiser has no such input: the flag is read on the host and the gradients are
+    dropped, which still lets momentum and weight decay act.
+    """
+    optimizer = getattr(optimizer, "_optimizer", optimizer)  # Lightning's wrapper
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = flag  # type: ignore[attr-defined]
+    elif bool(flag):
+        optimizer.zero_grad(set_to_none=True)
+
+
+def clip_gradients(
+    module: L.LightningModule,
+    optimizer: torch.optim.Optimizer,
+    value: float | None,
+    algorithm: str | None = None,
+) -> None:
+    """Clip ``module``'s gradients by norm (default) or value, whatever the optimiser.
+
+    Lightning refuses to clip under AMP when the optimiser is fused, because a fused optimiser
+    could unscale fp16 gradients itself; here they are unscaled first (fp16 only: bf16 has no
+    scaler), and the fused step, told so by the scaler, does not unscale them again. A sharded
+    model (FSDP) clips through its own method, which reduces the norm over shards."""
+    if not value:
+        return
+    trainer = module.trainer
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    raw = getattr(optimizer, "_optimizer", optimizer)
+    if scaler is not None and getattr(raw, "_step_supports_amp_scaling", False):
+        scaler.unscale_(raw)
+    wrapped = trainer.strategy.model
+    if (algorithm or "norm") == "value":
+        torch.nn.utils.clip_grad_value_(module.parameters(), value)
+    elif hasattr(wrapped, "clip_grad_norm_"):  # FullyShardedDataParallel
+        wrapped.clip_grad_norm_(value)
+    else:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), value)

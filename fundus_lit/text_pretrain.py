@@ -230,7 +230,7 @@ class TextPretrainModule(L.LightningModule):
         loss, accuracy = self.mlm(batch)
         size = len(batch["input_ids"])
         self.log("train/mlm", loss, batch_size=size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, batch_size=size)  # the bar: callbacks/progress_bar.py
         self.log("train/mlm_accuracy", accuracy, batch_size=size)
         group = self.trainer.optimizers[0].param_groups[0]
         self.log("train/lr", group["lr"] / group["lr_mult"], batch_size=size)

@@ -186,7 +186,7 @@ class KeyToy(Toy):
     def encode_image(self, images):
         return {"emb": F.normalize(self.img(images), dim=-1)}
 
-    def encode_text(self, features, mask=None):
+    def encode_text(self, features, mask=None, keys=None):
         return {"emb": F.normalize(self.txt(features), dim=-1)}
 
 
@@ -200,7 +200,11 @@ def _queue_worker(rank, world, port, out_dir):
         objective.attach(encoder, 2)
         rows = slice(2 * rank, 2 * rank + 2)
         batch = SimpleNamespace(
-            images=x[rows], input_ids=t[rows], attention_mask=None, labels=LABELS[rows]
+            images=x[rows],
+            input_ids=t[rows],
+            attention_mask=None,
+            labels=LABELS[rows],
+            text_keys=[],
         )
         objective(encoder(x[rows], t[rows]), batch).losses["loss"].backward()
         objective.after_optimizer_step(encoder)

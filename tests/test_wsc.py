@@ -82,7 +82,7 @@ class ToyEncoder(nn.Module):
     def encode_image(self, images):
         return {"emb": F.normalize(self.norm(self.img(images)), dim=-1)}
 
-    def encode_text(self, ids, mask):
+    def encode_text(self, ids, mask, keys=None):
         return {"emb": F.normalize(self.txt(ids).mean(dim=1), dim=-1)}
 
     def forward(self, batch):
@@ -101,6 +101,7 @@ def make_batch(step, b=4, c=3):
         input_ids=torch.randint(0, 20, (b, 5), generator=g),
         attention_mask=torch.ones(b, 5, dtype=torch.long),
         labels=labels,
+        text_keys=[],
     )
 
 
@@ -280,3 +281,51 @@ def test_momentum_keys_follow_the_trainers_precision_and_stay_fp32(frozen_text_e
     torch.testing.assert_close(image16, image32, atol=3e-2, rtol=0)
     assert losses[torch.bfloat16].dtype == torch.float32
     assert float(losses[torch.bfloat16]) == pytest.approx(float(losses[None]), rel=2e-2)
+
+
+def _reference_wsc(image, text, image_keys, text_keys, scale, labels, key_labels, fn_removal):
+    """docs/objectives.md §3 written out plainly: keys concatenated, each direction with its own
+    weights, only the filled part of the queue (what the objective computed before its weights
+    were shared, its queue read in place and its empty slots masked)."""
+    sim = torch.zeros(len(labels), len(key_labels))
+    for i, a in enumerate(labels):
+        for j, b in enumerate(key_labels):
+            na, nb = a.sum(), b.sum()
+            sim[i, j] = 1.0 if na == 0 and nb == 0 else (a @ b) / (na * nb).sqrt()
+    weights = (1 - sim).clamp_min(0)
+    weights[sim >= 1.0] = 0.0 if fn_removal else 1.0
+    weights[torch.arange(len(labels)), torch.arange(len(labels))] = 1.0
+
+    def direction(queries, keys):
+        logits = scale * queries @ keys.t()
+        return (torch.logsumexp(logits + weights.log(), 1) - logits.diagonal()).mean()
+
+    return (direction(image, text_keys) + direction(text, image_keys)) / 2
+
+
+@pytest.mark.parametrize("fn_removal", [True, False])
+def test_objective_with_a_partly_filled_queue_equals_the_plain_formula(fn_removal):
+    """The shared weight matrix, the queue read in place and the masked empty slots change
+    nothing: the loss equals the plain formula on the written keys within 1e-6."""
+    encoder = ToyEncoder()
+    objective = WSCObjective(momentum=0.9, queue_size=12, fn_removal=fn_removal)
+    objective.attach(encoder, 4)
+    train_steps(encoder, objective, 2)  # 8 of the 12 slots written
+    assert int(objective.queue_fill) == 8
+    batch = make_batch(5)
+    with torch.no_grad():
+        outputs = encoder(batch)
+        loss = objective(outputs, batch).losses["loss"]
+        m_image, m_text = objective._momentum_keys(batch)
+        written = slice(0, 8)
+        expected = _reference_wsc(
+            outputs.image_emb,
+            outputs.text_emb,
+            torch.cat([m_image, objective.image_queue[written]]),
+            torch.cat([m_text, objective.text_queue[written]]),
+            outputs.scale,
+            batch.labels,
+            torch.cat([batch.labels, objective.label_queue[written]]),
+            fn_removal,
+        )
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)

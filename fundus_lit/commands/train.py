@@ -11,10 +11,11 @@ import sys
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from fundus_lit.callbacks.progress_bar import logging_step_bar
 from fundus_lit.commands.errors import user_error
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.compose import resolve_cli_args
@@ -147,6 +148,11 @@ class FundusLitCLI(LightningCLI):
             plugins = plugins if isinstance(plugins, list) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        every = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(cb, ProgressBar) for cb in every
+        ):  # Lightning's default bar reads the logged values on the host every step
+            callbacks = [*callbacks, logging_step_bar()]
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from fundus_lit.core.errors import DataError
 
@@ -62,6 +63,18 @@ def _unpickling_reason(err: Exception) -> str:
 
 def _first_sentence(text: str) -> str:
     return re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+
+
+def check_resumable(model: dict[str, Tensor], found: dict[str, Tensor]) -> None:
+    """:func:`check_keys` of a Lightning checkpoint's state against the model's.
+
+    Buffers sized from the first batch (ViLReF's label queue) are empty until then and take the
+    checkpoint's shape when loaded, so any shape of theirs fits."""
+    expected = {
+        k: found.get(k, v) if isinstance(v, Tensor) and v.numel() == 0 else v
+        for k, v in model.items()
+    }
+    check_keys("the checkpoint", "the model built from the config", expected, found)
 
 
 def check_keys(source: str, target: str, expected: dict, found: dict, shown: int = 8) -> None:

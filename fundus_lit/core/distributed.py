@@ -105,3 +105,14 @@ def sum_over_ranks(x: Tensor) -> Tensor:
     total = x.detach().clone()
     dist.all_reduce(total)
     return total
+
+
+def max_over_ranks(x: Tensor) -> Tensor:
+    """``x``'s elementwise maximum over every rank, without gradient (a flag any rank may raise);
+    a collective, not a host read."""
+    _, size = world()
+    if size == 1:
+        return x
+    top = x.detach().clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return top

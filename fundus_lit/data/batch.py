@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
+from fundus_lit.core.text_keys import TextKey
+
 
 @dataclass
 class Batch:
@@ -24,6 +26,9 @@ class Batch:
         labels: (B, C) multi-hot label vectors when the source provides them.
         record_categories: every category of each sample's record, as written (evaluation takes
             the first as the class).
+        text_keys: per row, the token ids without padding (bytes) and the padded length, made on
+            the host by the collate function: a frozen text tower's cache looks texts up by
+            them, where reading the ids back from the device would stall every step.
     """
 
     images: Tensor
@@ -36,6 +41,7 @@ class Batch:
     labels: Tensor | None = None
     record_categories: list[tuple[str, ...]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the expert stream's Batch
+    text_keys: list[TextKey] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.text_keys import text_keys
 from fundus_lit.data.bad_input import NO_TEXT, BadInputPolicy, BadSample, InputScreen, image_reason
 from fundus_lit.data.batch import Batch
 from fundus_lit.data.records import FundusRecord
@@ -172,6 +173,7 @@ class Collator(Tokenizing):
             indices=torch.tensor([s.index for s in samples]),
             labels=labels,
             record_categories=[s.record_categories for s in samples],
+            text_keys=text_keys(tokens["input_ids"], tokens["attention_mask"]),
         )
 
 

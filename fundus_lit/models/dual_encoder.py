@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fundus_lit.core.dataclasses import known_fields
+from fundus_lit.core.text_keys import TextKey
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.models.text import TextConfig, TextTower
 from fundus_lit.models.vision import VisionConfig, VisionTower
@@ -141,9 +143,15 @@ class DualEncoder(nn.Module):
         return out
 
     def encode_text(
-        self, input_ids: Tensor, attention_mask: Tensor, token_states: bool = False
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_states: bool = False,
+        keys: Sequence[TextKey] | None = None,
     ) -> dict[str, Tensor]:
-        out = self.text(input_ids, attention_mask, token_states=token_states)
+        """``keys``: the rows' host keys (:attr:`~fundus_lit.data.batch.Batch.text_keys`) for
+        a frozen tower's cache."""
+        out = self.text(input_ids, attention_mask, token_states=token_states, keys=keys)
         out["emb"] = F.normalize(self.text_proj(out["pooled"]), dim=-1)
         return out
 
@@ -153,13 +161,15 @@ class DualEncoder(nn.Module):
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         requires: frozenset[str] = frozenset({"image_emb", "text_emb"}),
+        text_keys: Sequence[TextKey] | None = None,
     ) -> ModelOutputs:
         """Run the towers and return only what ``requires`` asks for beyond the embeddings."""
         dense = bool(requires & {"feature_map", "multiscale"})
         img = self.encode_image(images, dense=dense, attention="attention" in requires)
         txt = None
         if input_ids is not None and attention_mask is not None:
-            txt = self.encode_text(input_ids, attention_mask, "token_states" in requires)
+            states = "token_states" in requires
+            txt = self.encode_text(input_ids, attention_mask, states, text_keys)
         return ModelOutputs(
             image_emb=img["emb"],
             text_emb=None if txt is None else txt["emb"],

@@ -4,6 +4,7 @@ docs/objectives.md §2."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from fundus_lit.core.resolve import (
     optional_path,
     resolve_reference,
 )
+from fundus_lit.core.text_keys import TextKey, text_keys
 from fundus_lit.models.tower import Tower, compile_in_place
 
 Pooling = Literal["cls", "mean", "flair"]
@@ -115,7 +117,7 @@ class TextTower(Tower):
             pooler.requires_grad_(False)
         if cfg.compile:
             compile_in_place(self.model, cfg.compile_options)
-        self._cache: OrderedDict[bytes, Tensor] = OrderedDict()
+        self._cache: OrderedDict[TextKey | bytes, Tensor] = OrderedDict()
         self.set_frozen(cfg.freeze)
 
     def _encode(self, ids: Tensor, mask: Tensor, states: bool) -> tuple[Tensor, Tensor | None]:
@@ -127,23 +129,29 @@ class TextTower(Tower):
         return pooled, hidden if states else None
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, token_states: bool = False
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_states: bool = False,
+        keys: Sequence[TextKey] | None = None,
     ) -> dict[str, Tensor]:
-        """Pooled features; ``token_states`` adds the last hidden states (B, T, H)."""
+        """Pooled features; ``token_states`` adds the last hidden states (B, T, H). ``keys``
+        (:attr:`~fundus_lit.data.batch.Batch.text_keys`) spare the cache a host read of the ids."""
         if self.cfg.freeze and not token_states and self.cfg.cache_size > 0:
-            return {"pooled": self._cached(input_ids, attention_mask)}
+            return {"pooled": self._cached(input_ids, attention_mask, keys)}
         pooled, hidden = self._encode(input_ids, attention_mask, token_states)
         return {"pooled": pooled} | ({"token_states": hidden} if hidden is not None else {})
 
-    def _key(self, ids: Tensor, mask: Tensor) -> bytes:
-        # FLAIR pooling averages over padding too, so its embedding depends on the padded row.
-        row = ids if self.cfg.pooling == "flair" else ids[mask.bool()]
-        return row.cpu().numpy().tobytes()
+    def _key(self, tokens: bytes, width: int) -> TextKey | bytes:
+        # FLAIR pooling averages over padding too, so its embedding depends on the padded width
+        return (tokens, width) if self.cfg.pooling == "flair" else tokens
 
     @torch.no_grad()
-    def _cached(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def _cached(self, ids: Tensor, mask: Tensor, given: Sequence[TextKey] | None = None) -> Tensor:
         """Embed each distinct text once; prompt templates repeat across every batch."""
-        keys = [self._key(i, m) for i, m in zip(ids, mask)]
+        if given is None or len(given) != len(ids):  # a host read (evaluation, direct calls)
+            given = text_keys(ids.cpu(), mask.cpu())
+        keys = [self._key(*key) for key in given]
         first = {k: n for n, k in reversed(list(enumerate(keys)))}
         missing = [n for k, n in first.items() if k not in self._cache]
         fresh: dict[bytes, Tensor] = {}

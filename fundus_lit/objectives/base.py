@@ -82,8 +82,9 @@ class Objective(nn.Module):
             )
         return outputs.extra["expert"], batch.extra["expert"]
 
-    def after_optimizer_step(self, encoder: DualEncoder) -> None:
-        """Runs once per optimiser step, after it (EMA updates, queue writes)."""
+    def after_optimizer_step(self, encoder: DualEncoder, taken: Tensor | None = None) -> None:
+        """Runs once per optimiser step, after it (EMA updates, queue writes).
 
-    def on_step_skipped(self) -> None:
-        """The step was dropped (its loss was not finite): forget what it meant to keep."""
+        ``taken`` is a device scalar, 1.0 if the step was taken and 0.0 if the non-finite guard
+        dropped it (None: taken). Writes must be weighed by it rather than branch on it: reading
+        it on the host would make every step wait for the GPU."""

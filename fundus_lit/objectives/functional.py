@@ -138,6 +138,68 @@ def wsc_weights(
     return weights.scatter(1, positives[:, None], 1.0)
 
 
+def wsc_weight_matrix(
+    query_labels: Tensor,
+    key_labels: Tensor | Sequence[Tensor],
+    positives: Tensor,
+    *,
+    gamma: float = 1.0,
+    fn_threshold: float = 1.0,
+    fn_removal: bool = True,
+    key_valid: Tensor | None = None,
+) -> Tensor:
+    """The ``(B, N)`` weights :func:`wsc_weights` of every query against every key.
+
+    Both directions of the loss share them (the queries of both are the batch's samples, the
+    keys of both carry the same labels), so they are built once per step. ``key_valid`` ``(N,)``
+    marks keys that exist: a queue slot not yet written gets weight 0, which removes it from
+    the loss exactly (``log 0 = -inf`` in the log-sum-exp) without a shape that depends on a
+    device value. Keys may come in blocks (the batch's, the queue's), read in place instead of
+    concatenated: a 65,536-key queue is 0.25 GB to copy every step."""
+    blocks = [key_labels] if isinstance(key_labels, Tensor) else key_labels
+    similarity = torch.cat([label_similarity(query_labels, block) for block in blocks], dim=1)
+    weights = wsc_weights(similarity, positives, gamma, fn_threshold, fn_removal)
+    if key_valid is not None:
+        weights = weights * key_valid.to(weights.dtype)
+    return weights
+
+
+def wsc_weight_stats(
+    weights: Tensor, positives: Tensor, key_valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """For logging, without a host read: the number of negatives removed as false negatives and
+    the mean weight of the kept ones."""
+    negative = torch.ones_like(weights, dtype=torch.bool).scatter(1, positives[:, None], False)
+    if key_valid is not None:
+        negative = negative & key_valid.bool()[None, :]
+    removed = ((weights == 0) & negative).sum()
+    kept = (weights > 0) & negative
+    mean_weight = (weights * kept).sum() / kept.sum().clamp_min(1)
+    return removed.detach(), mean_weight.detach()
+
+
+def wsc_direction_loss(
+    queries: Tensor,
+    keys: Tensor | Sequence[Tensor],
+    scale: Tensor | float,
+    log_weights: Tensor,
+    positives: Tensor,
+) -> Tensor:
+    """Mean ``L_i`` of one direction given the log weights: the weights enter each GEMM as its
+    additive input (one pass over the ``(B, N)`` logits instead of two), block by block when
+    the keys come in blocks (see :func:`wsc_weight_matrix`)."""
+    scaled, log_weights = queries * scale, log_weights.to(queries.dtype)
+    blocks = [keys] if isinstance(keys, Tensor) else keys
+    parts, start = [], 0
+    for block in blocks:
+        end = start + block.shape[0]
+        parts.append(torch.addmm(log_weights[:, start:end], scaled, block.t()))
+        start = end
+    logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    positive_logit = logits.gather(1, positives[:, None]).squeeze(1)  # log w_ii = log 1 = 0
+    return (torch.logsumexp(logits, dim=1) - positive_logit).mean()
+
+
 def wsc_direction(
     queries: Tensor,
     keys: Tensor,
@@ -155,17 +217,11 @@ def wsc_direction(
 
     Query ``i``'s positive is key ``offset + i`` (its rank's slice of the gathered batch).
     """
-    logits = scale * queries @ keys.t()
     positives = torch.arange(len(queries), device=queries.device) + offset
-    similarity = label_similarity(query_labels, key_labels)
-    weights = wsc_weights(similarity, positives, gamma, fn_threshold, fn_removal)
-    positive_logit = logits.gather(1, positives[:, None]).squeeze(1)
-    loss = (torch.logsumexp(logits + weights.log(), dim=1) - positive_logit).mean()
-    negative = torch.ones_like(weights, dtype=torch.bool).scatter(1, positives[:, None], False)
-    removed = ((weights == 0) & negative).sum()
-    kept = (weights > 0) & negative
-    mean_weight = weights[kept].mean() if kept.any() else weights.new_zeros(())
-    return loss, removed.detach(), mean_weight.detach()
+    opts = {"gamma": gamma, "fn_threshold": fn_threshold, "fn_removal": fn_removal}
+    weights = wsc_weight_matrix(query_labels, key_labels, positives, **opts)
+    loss = wsc_direction_loss(queries, keys, scale, weights.log(), positives)
+    return (loss, *wsc_weight_stats(weights, positives))
 
 
 def wsc_loss(
@@ -193,9 +249,11 @@ def wsc_loss(
     text_keys = text_emb if text_keys is None else text_keys
     image_keys = image_emb if image_keys is None else image_keys
     key_labels = labels if key_labels is None else key_labels
+    positives = torch.arange(len(image_emb), device=image_emb.device)
     opts = {"gamma": gamma, "fn_threshold": fn_threshold, "fn_removal": fn_removal}
-    i2t = wsc_direction(image_emb, text_keys, scale, labels, key_labels, **opts)[0]
-    t2i = wsc_direction(text_emb, image_keys, scale, labels, key_labels, **opts)[0]
+    log_weights = wsc_weight_matrix(labels, key_labels, positives, **opts).log()
+    i2t = wsc_direction_loss(image_emb, text_keys, scale, log_weights, positives)
+    t2i = wsc_direction_loss(text_emb, image_keys, scale, log_weights, positives)
     return (i2t + t2i) / 2
 
 

@@ -17,7 +17,11 @@ from fundus_lit.core.distributed import gather_no_grad, gather_with_grad, rank_o
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.outputs import ModelOutputs
 from fundus_lit.objectives.base import Objective, ObjectiveOutput
-from fundus_lit.objectives.functional import wsc_direction
+from fundus_lit.objectives.functional import (
+    wsc_direction_loss,
+    wsc_weight_matrix,
+    wsc_weight_stats,
+)
 
 if TYPE_CHECKING:
     from fundus_lit.models.dual_encoder import DualEncoder
@@ -117,18 +121,23 @@ class WSCObjective(Objective):
         dtype = self.autocast_dtype
         with torch.autocast(kind, dtype=dtype, enabled=dtype is not None):
             image = self.momentum_encoder.encode_image(batch.images)["emb"]
-            text = self.momentum_encoder.encode_text(batch.input_ids, batch.attention_mask)["emb"]
+            ids, mask, keys = batch.input_ids, batch.attention_mask, batch.text_keys
+            text = self.momentum_encoder.encode_text(ids, mask, keys=keys)["emb"]
         return gather_no_grad(image.float()), gather_no_grad(text.float())
 
-    def _queued(self, like: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The filled part of the queue (nothing before the first enqueue)."""
-        n = int(self.queue_fill) if self.label_queue.shape[0] else 0
-        if n == 0:
-            return like[:0], like[:0], labels[:0]
+    def _queued(self, like: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The whole queue with a mask of its written slots (nothing before the first enqueue).
+
+        Every slot enters the loss, the unwritten ones with weight 0: slicing the filled part
+        would need the fill count on the host, a device sync per step."""
+        if not self.label_queue.shape[0]:  # no label width yet: no enqueue has happened
+            return like[:0], like[:0], labels[:0], None
+        slots = torch.arange(self.queue_size, device=self.queue_fill.device)
         return (
-            self.image_queue[:n].to(like),
-            self.text_queue[:n].to(like),
-            self.label_queue[:n].to(labels),
+            self.image_queue.to(like),
+            self.text_queue.to(like),
+            self.label_queue.to(labels),
+            slots < self.queue_fill,
         )
 
     def forward(self, outputs: ModelOutputs, batch: Batch) -> ObjectiveOutput:
@@ -140,6 +149,7 @@ class WSCObjective(Objective):
             )
         labels = batch.labels.float()
         all_labels = gather_no_grad(labels)
+        valid = None
         if self.momentum_encoder is None:
             image_keys, offset = gather_with_grad(outputs.image_emb)
             text_keys, _ = gather_with_grad(outputs.text_emb)
@@ -147,28 +157,27 @@ class WSCObjective(Objective):
         else:
             offset = rank_offset(labels.shape[0], labels.device)
             m_image, m_text = self._momentum_keys(batch)
-            q_image, q_text, q_labels = self._queued(m_image, all_labels)
-            image_keys = torch.cat([m_image, q_image])
-            text_keys = torch.cat([m_text, q_text])
-            key_labels = torch.cat([all_labels, q_labels])
+            q_image, q_text, q_labels, q_valid = self._queued(m_image, all_labels)
+            # blocks, not concatenated: the queue is read in place
+            image_keys, text_keys = [m_image, q_image], [m_text, q_text]
+            key_labels = [all_labels, q_labels]
+            if q_valid is not None:
+                valid = torch.cat([q_valid.new_ones(m_image.shape[0]), q_valid])
             if self.training and self.queue_size:
                 self._pending.append((m_image, m_text, all_labels))
-        opts = {
-            "gamma": self.gamma,
-            "fn_threshold": self.fn_threshold,
-            "fn_removal": self.fn_removal,
-            "offset": offset,
-        }
-        scale = outputs.scale
-        i2t, removed_i, weight_i = wsc_direction(
-            outputs.image_emb, text_keys, scale, labels, key_labels, **opts
+        positives = torch.arange(labels.shape[0], device=labels.device) + offset
+        opts = {"gamma": self.gamma, "fn_threshold": self.fn_threshold}
+        # one weight matrix for both directions: both query with the batch's labels
+        weights = wsc_weight_matrix(
+            labels, key_labels, positives, **opts, fn_removal=self.fn_removal, key_valid=valid
         )
-        t2i, removed_t, weight_t = wsc_direction(
-            outputs.text_emb, image_keys, scale, labels, key_labels, **opts
-        )
+        log_weights, scale = weights.log(), outputs.scale
+        i2t = wsc_direction_loss(outputs.image_emb, text_keys, scale, log_weights, positives)
+        t2i = wsc_direction_loss(outputs.text_emb, image_keys, scale, log_weights, positives)
+        removed, mean_weight = wsc_weight_stats(weights, positives, valid)
         scalars: dict[str, Tensor | float] = {
-            "false_negatives": (removed_i + removed_t).float() / 2,
-            "negative_weight": (weight_i + weight_t) / 2,
+            "false_negatives": removed.float(),
+            "negative_weight": mean_weight,
         }
         if self.queue_size:
             scalars["queue_fill"] = self.queue_fill.float() / self.queue_size
@@ -176,10 +185,10 @@ class WSCObjective(Objective):
 
     # -- after the optimiser step ------------------------------------------------------------
     @torch.no_grad()
-    def after_optimizer_step(self, encoder: DualEncoder) -> None:
+    def after_optimizer_step(self, encoder: DualEncoder, taken: Tensor | None = None) -> None:
         if self.momentum_encoder is None or self.momentum is None:
             return
-        m = self.momentum
+        pending, self._pending = self._pending, []
         pairs = [  # a frozen tower never moves: its copy already equals it
             (key, param.detach())
             for key, param in zip(self.momentum_encoder.parameters(), encoder.parameters())
@@ -187,30 +196,37 @@ class WSCObjective(Objective):
         ]
         if pairs:  # one fused multi-tensor op instead of a kernel pair per parameter
             keys, online = (list(t) for t in zip(*pairs))
-            torch._foreach_lerp_(keys, online, 1.0 - m)
+            step = 1.0 - self.momentum
+            # a dropped step (taken = 0) moves nothing: lerp by 0 leaves the keys as they are
+            weight = step if taken is None else [taken * step] * len(keys)
+            torch._foreach_lerp_(keys, online, weight)
         for key_buffer, buffer in zip(self.momentum_encoder.buffers(), encoder.buffers()):
             key_buffer.copy_(buffer)  # normalisation statistics follow the online encoder
-        for image, text, labels in self._pending:
-            self._enqueue(image, text, labels)
-        self._pending.clear()
+        for image, text, labels in pending:
+            self._enqueue(image, text, labels, taken)
 
-    def on_step_skipped(self) -> None:
-        self._pending.clear()  # keys of a batch the model never stepped on
-
-    def _enqueue(self, image: Tensor, text: Tensor, labels: Tensor) -> None:
+    def _enqueue(
+        self, image: Tensor, text: Tensor, labels: Tensor, taken: Tensor | None = None
+    ) -> None:
         """Write the newest keys at the pointer, wrapping around: a ring of ``queue_size`` slots.
 
         Any batch size fits, so a batch shortened by skipped bad images (``data.bad_input:
-        skip``) or an uneven last batch moves the ring by its own length."""
+        skip``) or an uneven last batch moves the ring by its own length. Pointer and fill stay
+        on the device; a dropped step (``taken`` = 0) rewrites its slots with what they held and
+        moves neither."""
         if labels.shape[0] > self.queue_size:  # only the newest keys fit
             image, text, labels = (t[-self.queue_size :] for t in (image, text, labels))
         n = image.shape[0]
         if self.label_queue.shape != (self.queue_size, labels.shape[1]):
             self.label_queue = labels.new_zeros(self.queue_size, labels.shape[1])
-        ptr = int(self.queue_ptr)
-        slots = (ptr + torch.arange(n, device=self.image_queue.device)) % self.queue_size
-        self.image_queue[slots] = image.to(self.image_queue)
-        self.text_queue[slots] = text.to(self.text_queue)
-        self.label_queue[slots] = labels.to(self.label_queue)
-        self.queue_ptr.fill_((ptr + n) % self.queue_size)
-        self.queue_fill.fill_(min(int(self.queue_fill) + n, self.queue_size))
+        slots = (self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)) % self.queue_size
+        moved = n if taken is None else (taken * n).long()
+        for queue, new in ((self.image_queue, image), (self.text_queue, text)):
+            new = new.to(queue)
+            queue[slots] = new if taken is None else torch.where(taken > 0, new, queue[slots])
+        new = labels.to(self.label_queue)
+        if taken is not None:
+            new = torch.where(taken > 0, new, self.label_queue[slots])
+        self.label_queue[slots] = new
+        self.queue_ptr.copy_((self.queue_ptr + moved) % self.queue_size)
+        self.queue_fill.copy_((self.queue_fill + moved).clamp_max(self.queue_size))
