@@ -68,18 +68,26 @@ def bert_base_folder(root: Path, layers: int, hidden: int) -> str:
     return str(root)
 
 
-def make_batch(n: int, size: int, length: int, vocab: int) -> Batch:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, vocab, (n, length), generator=g)
+def make_batch(
+    n: int, size: int, length: int, vocab: int, device: torch.device | str = "cpu"
+) -> Batch:
+    """A deterministic batch of random pixels and token ids (the arithmetic does not care what
+    they show). ``device`` draws it there: a batch of 4,096 images at 512 px is 3 GiB, which
+    the host would draw slowly and then copy."""
+    g = torch.Generator(device=device).manual_seed(0)
+    ids = torch.randint(1000, vocab, (n, length), generator=g, device=device)
     ids[:, 0], ids[:, -1] = 101, 102
+    images = torch.randint(
+        0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g, device=device
+    )
     return Batch(
-        images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+        images=images,
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         texts=[""] * n,
         categories=[CATEGORIES[i % len(CATEGORIES)] for i in range(n)],
         datasets=["bench"] * n,
-        indices=torch.arange(n),
+        indices=torch.arange(n, device=device),
     )
 
 
@@ -117,6 +125,94 @@ def matmul_peak(device: torch.device, dtype, n: int, repeats: int) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+def build_flair(
+    vision: str,
+    size: int,
+    batch: int,
+    length: int,
+    layers: int,
+    hidden: int,
+    channels_last: bool = False,
+    grad_cache: int | None = None,
+) -> PretrainModule:
+    """`recipes/flair.yaml`'s module at this scale, both towers built from their configurations
+    (random weights, nothing downloaded): what this script and `gpu_check.py` time."""
+    with tempfile.TemporaryDirectory() as tmp:  # the config is read while the tower is built
+        text = TextConfig(
+            name=bert_base_folder(Path(tmp), layers, hidden),
+            pooling="flair",
+            max_length=length,
+            pretrained=False,
+        )
+        return PretrainModule(
+            vision=VisionConfig(name=vision, channels_last=channels_last),
+            text=text,
+            objectives=[FLAIRObjective()],
+            embed_dim=512,
+            image_size=size,
+            batch_size=batch,
+            optim=OptimConfig(lr=1e-4, weight_decay=1e-5, warmup=0),
+            grad_cache=grad_cache,
+        )
+
+
+def measure(
+    vision: str = "resnet50",
+    size: int = 512,
+    batch: int = 128,
+    length: int = 77,
+    layers: int = 12,
+    hidden: int = 768,
+    steps: int = 30,
+    warmup: int = 5,
+    precision: str = "bf16-mixed",
+    channels_last: bool = False,
+    device: str | None = None,
+    peak_size: int | None = None,
+) -> dict[str, float | str]:
+    """Time the FLAIR training step through the Trainer and relate it to the matmul peak.
+
+    Returns the median step (s), samples/s, the step's model FLOPs, achieved and peak FLOP/s,
+    MFU, the peak allocated memory (GiB, NaN on a CPU) and the device's name; separate from
+    printing so that `gpu_check.py` can set its own figures beside these. ``device`` ("cuda" or
+    "cpu") defaults to CUDA where present; `gpu_check.py --dry-run` forces the CPU.
+    ``peak_size`` is the side of the peak's square matmul (8192 on CUDA, 1024 on a CPU by
+    default; a CPU that emulates bf16 takes seconds for each 1024 one).
+    """
+    cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    where = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    module = build_flair(vision, size, batch, length, layers, hidden, channels_last)
+    data = make_batch(batch, size, length, 28996)
+    flops = step_flops(module, data, where, dtype)
+    clock = StepClock()
+    trainer = bare_trainer(
+        warmup + steps,
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        precision=precision,
+        gradient_clip_val=1.0,
+        callbacks=[clock],
+    )
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    # the batch lives on the device already: host-to-device copies are the loader's cost
+    trainer.fit(module, repeat_loader(batch_to(data, where), warmup + steps))
+    step = statistics.median(clock.times[warmup:])
+    peak = matmul_peak(where, dtype, peak_size or (8192 if cuda else 1024), 20 if cuda else 3)
+    return {
+        "step_s": step,
+        "samples_per_s": batch / step,
+        "flops": float(flops),
+        "achieved_flops": flops / step,
+        "peak_flops": peak,
+        "mfu": flops / step / peak,
+        "memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "device": torch.cuda.get_device_name(0) if cuda else "CPU",
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vision", default="resnet50")
@@ -135,60 +231,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick or not cuda:
         args.vision, args.size, args.batch, args.layers, args.hidden = "resnet18", 128, 8, 2, 128
         args.length, args.steps, args.warmup = 32, 4, 1
-    device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        text = TextConfig(
-            name=bert_base_folder(Path(tmp), args.layers, args.hidden),
-            pooling="flair",
-            max_length=args.length,
-            pretrained=False,
-        )
-        vision = VisionConfig(name=args.vision, channels_last=args.channels_last)
-        module = PretrainModule(
-            vision=vision,
-            text=text,
-            objectives=[FLAIRObjective()],
-            embed_dim=512,
-            image_size=args.size,
-            batch_size=args.batch,
-            optim=OptimConfig(lr=1e-4, weight_decay=1e-5, warmup=0),
-        )
-    batch = make_batch(args.batch, args.size, args.length, 28996)
-    flops = step_flops(module, batch, device, dtype)
-    clock = StepClock()
-    trainer = bare_trainer(
-        args.warmup + args.steps,
-        accelerator="gpu" if cuda else "cpu",
-        devices=1,
-        precision=args.precision,
-        gradient_clip_val=1.0,
-        callbacks=[clock],
+    r = measure(
+        args.vision,
+        args.size,
+        args.batch,
+        args.length,
+        args.layers,
+        args.hidden,
+        args.steps,
+        args.warmup,
+        args.precision,
+        args.channels_last,
     )
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    # the batch lives on the device already: host-to-device copies are the loader's cost
-    trainer.fit(module, repeat_loader(batch_to(batch, device), args.warmup + args.steps))
-    step = statistics.median(clock.times[args.warmup :])
-    achieved = flops / step
-    peak = matmul_peak(device, dtype, 8192 if cuda else 1024, 20 if cuda else 3)
-    memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(
-        f"\nFLAIR step on {name}: {args.vision} @ {args.size} px + BERT {args.layers}x"
+        f"\nFLAIR step on {r['device']}: {args.vision} @ {args.size} px + BERT {args.layers}x"
         f"{args.hidden} ({args.length} tokens), batch {args.batch}, {args.precision}"
         f"{', channels-last' if args.channels_last else ''}; median of {args.steps} steps"
     )
-    print(f"  step time           {step * 1000:10.1f} ms")
-    print(f"  samples/s           {args.batch / step:10.1f}")
-    print(f"  model FLOPs/step    {flops / 1e12:10.3f} TFLOP (forward + backward)")
-    print(f"  achieved            {achieved / 1e12:10.2f} TFLOP/s")
-    print(f"  matmul peak         {peak / 1e12:10.2f} TFLOP/s ({dtype}, measured now)")
-    print(f"  MFU                 {100 * achieved / peak:10.1f} %  (goal >= 35 % on a GPU)")
-    print(f"  peak memory         {memory:10.2f} GiB" if cuda else "  peak memory: GPU only")
-    report("FLAIR MFU", achieved / peak, f"achieved / {dtype} matmul FLOP/s", ">= 0.35 on GPU")
+    print(f"  step time           {r['step_s'] * 1000:10.1f} ms")
+    print(f"  samples/s           {r['samples_per_s']:10.1f}")
+    print(f"  model FLOPs/step    {r['flops'] / 1e12:10.3f} TFLOP (forward + backward)")
+    print(f"  achieved            {r['achieved_flops'] / 1e12:10.2f} TFLOP/s")
+    print(f"  matmul peak         {r['peak_flops'] / 1e12:10.2f} TFLOP/s ({dtype}, measured now)")
+    print(f"  MFU                 {100 * r['mfu']:10.1f} %  (goal >= 35 % on a GPU)")
+    print(
+        f"  peak memory         {r['memory_gib']:10.2f} GiB" if cuda else "  peak memory: GPU only"
+    )
+    report("FLAIR MFU", r["mfu"], f"achieved / {dtype} matmul FLOP/s", ">= 0.35 on GPU")
 
 
 if __name__ == "__main__":
