@@ -6,7 +6,14 @@ ratio is the cost of the framework (objective dispatch, logging, hooks, schedule
 Rounds alternate between the two so that machine noise hits both alike; the figure printed is the
 median over rounds of (fundus-lit step time / hand-written step time). Goal: <= 1.05.
 
+``--compile`` adds a third variant to every round: the same fundus-lit step with both towers
+compiled (``model.vision.compile``/``model.text.compile``, inductor), printed as the ratio
+compiled / eager fundus-lit step. Its compile warm-up (the extra time of the first step, in which
+dynamo traces and inductor builds the forward and backward kernels) is left out of the step time
+and printed on its own.
+
     python benchmarks/overhead.py [--vision resnet18] [--size 128] [--batch 16] [--steps 8]
+                                  [--compile] [--threads N]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from results import report
 from fundus_lit.core.resolve import load_tokenizer
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.text import TextConfig
+from fundus_lit.models.tower import compile_in_place
 from fundus_lit.models.vision import VisionConfig
 from fundus_lit.module import PretrainModule
 from fundus_lit.objectives.functional import clip_loss
@@ -57,6 +65,13 @@ def make_batch(size: int, n: int) -> Batch:
 
 
 def lightning_steps(module: PretrainModule, batch: Batch, steps: int) -> float:
+    """Median training-step time of a fresh Trainer fitting ``module`` (the first step left out)."""
+    return statistics.median(lightning_times(module, batch, steps)[1:])
+
+
+def lightning_times(module: PretrainModule, batch: Batch, steps: int) -> list[float]:
+    """Each training step's time, from one batch start to the next: ``steps`` of them (one more
+    batch is run so that the last step has an end)."""
     timer = StepTimer()
     trainer = bare_trainer(
         steps + 1,
@@ -67,7 +82,7 @@ def lightning_steps(module: PretrainModule, batch: Batch, steps: int) -> float:
         log_every_n_steps=1,
     )
     trainer.fit(module, train_dataloaders=repeat_loader(batch, steps + 1))
-    return statistics.median(b - a for a, b in zip(timer.times[1:], timer.times[2:]))
+    return [b - a for a, b in zip(timer.times, timer.times[1:])]
 
 
 def plain_steps(module: PretrainModule, batch: Batch, steps: int, cfg: OptimConfig) -> float:
@@ -92,6 +107,36 @@ def plain_steps(module: PretrainModule, batch: Batch, steps: int, cfg: OptimConf
     return statistics.median(b - a for a, b in zip(times[1:], times[2:]))
 
 
+def compiled_copy(template: PretrainModule) -> PretrainModule:
+    """A copy of ``template`` with both towers compiled, as ``compile: true`` in the config
+    compiles them. Compiled after copying: a deep copy of a compiled module comes back uncompiled
+    (``nn.Module`` drops ``_compiled_call_impl`` when copied). Dynamo keeps its graphs per code
+    object, not per module, so only the first round's copy pays the compile warm-up."""
+    module = copy.deepcopy(template)
+    compile_in_place(module.encoder.vision.model, None)
+    compile_in_place(module.encoder.text.model, None)
+    return module
+
+
+def compile_report(eager: list[float], compiled: list[float], warmup: float) -> None:
+    """Print compiled / eager fundus-lit step times and the compile warm-up, and report the
+    ratio (median over rounds of the per-round ratio, as for the framework overhead)."""
+    ratios = [c / e for c, e in zip(compiled, eager)]
+    counters = torch._dynamo.utils.counters
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    print(f"{'fundus-lit compiled':24}{statistics.median(compiled):14.4f}")
+    print(
+        f"ratio compiled / eager fundus-lit: {statistics.median(ratios):.3f} "
+        f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)})"
+    )
+    print(
+        f"compile warm-up (first compiled step minus a steady one): {warmup:.1f} s; "
+        f"{graphs} graphs captured, {breaks} graph breaks, "
+        f"{counters['stats'].get('calls_captured', 0)} calls captured"
+    )
+    report("torch.compile step", statistics.median(ratios), "compiled / eager fundus-lit step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vision", default="resnet18")
@@ -99,8 +144,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time fundus-lit with both towers compiled"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
     cfg = OptimConfig(lr=1e-4, warmup=2)
     template = PretrainModule(
@@ -112,13 +163,18 @@ def main() -> None:
         optim=cfg,
     )
     batch = make_batch(args.size, args.batch)
-    ratios, plain_t, lit_t = [], [], []
-    for _ in range(args.rounds):
+    ratios, plain_t, lit_t, compiled_t, warmup = [], [], [], [], 0.0
+    for round_ in range(args.rounds):
         p = plain_steps(copy.deepcopy(template), batch, args.steps, cfg)
         f = lightning_steps(copy.deepcopy(template), batch, args.steps)
         plain_t.append(p)
         lit_t.append(f)
         ratios.append(f / p)
+        if args.compile:
+            times = lightning_times(compiled_copy(template), batch, args.steps)
+            compiled_t.append(statistics.median(times[1:]))
+            if round_ == 0:  # the graphs are built in the first step of the first round
+                warmup = times[0] - compiled_t[0]
     print(
         f"\nframework overhead ({args.vision}, {args.size} px, batch {args.batch}, CPU, "
         f"{torch.get_num_threads()} threads, median of {args.steps} steps x {args.rounds} rounds)"
@@ -133,6 +189,8 @@ def main() -> None:
     report(
         "framework overhead", statistics.median(ratios), "fundus-lit / hand-written step", "<= 1.05"
     )
+    if args.compile:
+        compile_report(lit_t, compiled_t, warmup)
 
 
 if __name__ == "__main__":
