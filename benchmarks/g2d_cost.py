@@ -145,12 +145,21 @@ def main() -> None:
     parser.add_argument("--vision", default="resnet18")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's); at 1 the cpu clock is the step's own"
+        " work, unaffected by other processes time-sharing the cores",
+    )
     parser.add_argument("--steps", type=int, default=1, help="steps per variant per turn")
     parser.add_argument("--rounds", type=int, default=10, help="turns of every variant")
     parser.add_argument("--widths", type=int, nargs="+", default=[], help="decoder_width values")
     parser.add_argument("--strides", type=int, nargs="+", default=[], help="decoder_stride values")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     default = (DEFAULTS["decoder_width"], DEFAULTS["decoder_stride"])
     pairs = itertools.product(args.widths or default[:1], args.strides or default[1:])

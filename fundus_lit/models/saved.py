@@ -44,7 +44,8 @@ def read_export_config(folder: Path) -> dict:
         )
     if not folder.is_dir():
         raise DataError(
-            f"exported model {folder} is not a folder (write one with fundus-lit export)"
+            f"exported model {folder} is not a folder (write one with fundus-lit export from a "
+            "checkpoint, or with fundus-lit import from published FLAIR or KeepFIT weights)"
         )
     for name in REQUIRED:
         path = folder / name
