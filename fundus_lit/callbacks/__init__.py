@@ -3,6 +3,13 @@
 
 from fundus_lit.callbacks.accuracy_curve import AccuracyCurve
 from fundus_lit.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation
+from fundus_lit.callbacks.projector import EmbeddingProjector
 from fundus_lit.callbacks.run_report import RunReport
 
-__all__ = ["AccuracyCurve", "RetrievalEvaluation", "RunReport", "ZeroShotEvaluation"]
+__all__ = [
+    "AccuracyCurve",
+    "EmbeddingProjector",
+    "RetrievalEvaluation",
+    "RunReport",
+    "ZeroShotEvaluation",
+]

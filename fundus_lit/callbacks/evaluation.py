@@ -60,14 +60,11 @@ class ZeroShotEvaluation(L.Callback):
             return
         import torch
 
-        from fundus_lit.core.distributed import first_per_index, gather_no_grad
+        from fundus_lit.core.distributed import gather_rows
         from fundus_lit.core.resolve import load_tokenizer
 
-        emb, targets = torch.cat(self._emb), torch.cat(self._targets)
-        if trainer.world_size > 1:
-            indices = gather_no_grad(torch.cat(self._indices))
-            keep = first_per_index(indices)
-            emb, targets = gather_no_grad(emb)[keep], gather_no_grad(targets)[keep]
+        indices = torch.cat(self._indices)
+        _, emb, targets = gather_rows(indices, torch.cat(self._emb), torch.cat(self._targets))
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(pl_module.hparams["text"]["name"])
         encoder = pl_module.encoder
@@ -88,11 +85,19 @@ class RetrievalEvaluation(L.Callback):
     first, each sample once (a distributed sampler repeats some to even out the ranks) and in
     split order; the metrics are computed on rank 0 with a FAISS exact index.
 
+    Logs the TensorBoard image ``val/retrieval/examples`` too: a few validation queries (the same
+    ones every epoch), each with its top images and top texts, framed green when relevant as the
+    metrics count it and red when not; their images are re-opened from the data module.
+
     Args:
         ks: Cut-offs of R@k and mAP@k.
         tasks: Any of ``i2t``, ``t2i``, ``i2i``.
         case_relevance: ``categories`` (share any category) or ``class`` (same first category).
         every_n_epochs: Evaluate on every n-th validation epoch.
+        images_every_n_epochs: Draw the examples on evaluated epochs that are multiples of this
+            (0: never).
+        image_queries: Queries drawn, spread evenly over the validation split.
+        image_k: Hits drawn per query and task.
     """
 
     def __init__(
@@ -101,6 +106,9 @@ class RetrievalEvaluation(L.Callback):
         tasks: list[str] | None = None,
         case_relevance: str = "categories",
         every_n_epochs: int = 1,
+        images_every_n_epochs: int = 1,
+        image_queries: int = 4,
+        image_k: int = 5,
     ) -> None:
         self.ks = list(ks or [1, 5, 10])
         self.tasks = list(tasks or ["i2t", "t2i", "i2i"])
@@ -109,8 +117,11 @@ class RetrievalEvaluation(L.Callback):
             raise ValueError(f"unknown retrieval task(s) {sorted(unknown)}; use i2t, t2i, i2i")
         self.case_relevance = case_relevance
         self.every_n_epochs = every_n_epochs
+        self.images_every_n_epochs, self.image_queries = images_every_n_epochs, image_queries
+        self.image_k = image_k
         self._rows: list = []
         self.last: dict | None = None
+        self.picture = None  # the last examples drawn (a PIL image)
 
     def _active(self, trainer: L.Trainer) -> bool:
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
@@ -148,7 +159,8 @@ class RetrievalEvaluation(L.Callback):
             return
         from fundus_lit.core.distributed import first_per_index
 
-        keep = first_per_index(torch.cat([r[4] for r in rows])).tolist()
+        indices = torch.cat([r[4] for r in rows])
+        keep = first_per_index(indices).tolist()
         image = torch.cat([r[0] for r in rows])[keep]
         text = torch.cat([r[1] for r in rows])[keep]
         texts = [t for r in rows for t in r[2]]
@@ -169,3 +181,36 @@ class RetrievalEvaluation(L.Callback):
             for key, value in metrics.items():
                 if key.startswith(("R@", "mAP@")):
                     pl_module.log(f"val/retrieval/{task}/{key}", value, rank_zero_only=True)
+        every = self.images_every_n_epochs
+        if every > 0 and self.image_queries > 0 and trainer.current_epoch % every == 0:
+            try:
+                self._draw(trainer, image, text, texts, cats, indices[keep].tolist())
+            except Exception as err:  # a picture is not worth a training run
+                rank_zero_warn(f"retrieval examples not drawn: {type(err).__name__}: {err}")
+
+    def _draw(self, trainer: L.Trainer, image, text, texts, cats, indices: list[int]) -> None:
+        """Re-open the few images drawn from the data module's validation split."""
+        dm = getattr(trainer, "datamodule", None)
+        val = getattr(dm, "splits", {}).get("val")
+        if not val:  # loaders given without a data module: no images to re-open
+            return
+        import numpy as np
+
+        from fundus_lit.eval.pictures import examples_picture
+
+        self.picture = examples_picture(
+            [val[i] for i in indices],
+            image,
+            cats if "i2i" in self.tasks else None,
+            self.image_queries,
+            self.image_k,
+            text if "i2t" in self.tasks else None,
+            texts,
+            relevance=self.case_relevance,
+            crop_fov=getattr(dm, "crop_fov", True),
+        )
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                array, step = np.asarray(self.picture), trainer.global_step
+                experiment.add_image("val/retrieval/examples", array, step, dataformats="HWC")

@@ -10,9 +10,12 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 def build_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
     """Evaluate a trained checkpoint: zero-shot, linear probe, few-shot adapters and retrieval on
     the data of an evaluation config. Writes eval.json (a section per task), a markdown report,
-    TensorBoard scalars and confusion matrices into --out (the checkpoint's run directory by
+    TensorBoard scalars, confusion matrices and the evaluated images' embeddings for TensorBoard's
+    projector (--projector.max_points 0: none) into --out (the checkpoint's run directory by
     default)."""
+    from fundus_lit.core.progress import add_quiet_flag
     from fundus_lit.eval.config import add_evaluation_config
+    from fundus_lit.eval.projector import ProjectorOptions
 
     parser = ArgumentParser(prog=prog, description=build_parser.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="evaluation YAML")
@@ -26,12 +29,17 @@ def build_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
         "--split", type=Literal["val", "test"], default="test", help="split evaluated"
     )
     parser.add_argument("--out", type=str | None, default=None, help="output directory")
+    add_quiet_flag(parser)
+    parser.add_class_arguments(ProjectorOptions, "projector")
     add_evaluation_config(parser)
     return parser
 
 
 def run(args: list[str], parser: ArgumentParser | None = None) -> None:
+    from fundus_lit.core.progress import set_quiet
     from fundus_lit.eval.evaluate import run_evaluate
 
     parser = parser or build_parser()
-    run_evaluate(parser, parser.parse_args(args))
+    cfg = parser.parse_args(args)
+    set_quiet(cfg.quiet)
+    run_evaluate(parser, cfg)

@@ -17,6 +17,7 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.progress import add_quiet_flag, progress, set_quiet
 from fundus_lit.data.labels import Extraction, LabelExtractor
 
 _STATUSES = ("positive", "negated", "uncertain")
@@ -68,6 +69,7 @@ def build_parser() -> ArgumentParser:
         help="whether uncertain findings are labels",
     )
     parser.add_argument("--top", type=int, default=20, help="unmapped phrases shown")
+    add_quiet_flag(parser)
     return parser
 
 
@@ -127,6 +129,7 @@ def write_labelled(path: Path, columns: list[str], rows: list[dict[str, str]]) -
 
 def run(args: list[str]) -> None:
     cfg = build_parser().parse_args(args)
+    set_quiet(cfg.quiet)
     if cfg.top < 0:
         raise DataError(f"--top must be at least 0, got {cfg.top}")
     path = Path(cfg.reports).expanduser()
@@ -137,7 +140,7 @@ def run(args: list[str]) -> None:
         raise DataError(f"fundus-lit labels: {err}") from err
     stats = LabelStats()
     replaced = 0
-    for row in rows:
+    for row in progress(rows, desc="labels", unit="report"):
         report = row.get("report") or ""
         found = extractor.extract(report)
         vector = extractor.vector(found)

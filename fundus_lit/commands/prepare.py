@@ -8,6 +8,7 @@ ignored, and a training recipe itself can be passed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.progress import add_quiet_flag, set_quiet
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.data.prepared import PreparedSource, prepare
 
@@ -46,7 +48,13 @@ def build_parser() -> ArgumentParser:
         help="crop the field of view first (default: the data config's crop_fov)",
     )
     parser.add_argument("--workers", type=int, default=0, help="image processes (0: in-process)")
-    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar")
+    add_quiet_flag(parser)
+    parser.add_argument(
+        "--progress",
+        type=bool | None,
+        default=None,
+        help="deprecated, use --quiet: --progress false is --quiet, --progress true the default",
+    )
     parser.add_subclass_arguments(FundusDataModule, "data", required=True)
     return parser
 
@@ -90,6 +98,13 @@ def run(args: list[str]) -> None:
     """``fundus-lit prepare --config DATA.yaml --out DIR [--size 512] [--split train|...|all]``."""
     parser = build_parser()
     cfg = parser.parse_args(_only_data(args))
+    if cfg.progress is not None:
+        print(
+            "fundus-lit prepare: --progress is deprecated and will be removed; use --quiet "
+            "(bars only draw when stderr is a terminal)",
+            file=sys.stderr,
+        )
+    set_quiet(cfg.quiet or cfg.progress is False)
     data = parser.instantiate_classes(cfg).data
     sources = dict(data.sources) | {"expert": data.expert_sources}
     splits = [s for s in SPLITS if sources[s]] if cfg.split == "all" else [cfg.split]
@@ -112,7 +127,6 @@ def run(args: list[str]) -> None:
             quality=cfg.quality,
             shard_size=cfg.shard_size,
             workers=cfg.workers,
-            progress=cfg.progress,
         )
         total = PreparedSource(str(prepared[split])).manifest["total"]
         print(f"prepared {total} images of the {split} split into {prepared[split]}")

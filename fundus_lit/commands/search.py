@@ -5,6 +5,7 @@ from __future__ import annotations
 from jsonargparse import ArgumentParser
 
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.progress import add_quiet_flag, set_quiet
 
 
 def build_parser() -> ArgumentParser:
@@ -17,6 +18,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--ckpt", type=str | None, default=None, help="checkpoint (default: the index's own)"
     )
+    add_quiet_flag(parser)
     return parser
 
 
@@ -24,6 +26,7 @@ def run(args: list[str]) -> None:
     from fundus_lit.eval.casesearch import format_hits, load_index, search, write_grid
 
     cfg = build_parser().parse_args(args)
+    set_quiet(cfg.quiet)
     if cfg.k < 1:
         raise DataError(f"--k must be at least 1, got {cfg.k}")
     hits = search(load_index(cfg.index), cfg.image, cfg.k, cfg.ckpt)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser
 
+from fundus_lit.core.progress import add_quiet_flag, set_quiet
+
 
 def synth(
     out: str,
@@ -62,8 +64,11 @@ def synth(
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fundus-lit synth", description=synth.__doc__)
     parser.add_function_arguments(synth, as_group=False)
+    add_quiet_flag(parser)
     return parser
 
 
 def run(args: list[str]) -> None:
-    synth(**build_parser().parse_args(args).as_dict())
+    options = build_parser().parse_args(args).as_dict()
+    set_quiet(options.pop("quiet"))
+    synth(**options)

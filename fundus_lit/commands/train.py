@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from fundus_lit.callbacks.progress_bar import logging_step_bar
+from fundus_lit.callbacks.projector import EmbeddingProjector
 from fundus_lit.commands.errors import user_error
 from fundus_lit.core.checkpoint import read_checkpoint
 from fundus_lit.core.compose import resolve_cli_args
@@ -55,7 +56,9 @@ class FundusLitCLI(LightningCLI):
     checkpoint callback (keys under ``checkpoint.``) keeping the last and the best checkpoint by
     validation loss, a mid-epoch ``last.ckpt`` every ``step_checkpoint.every_n_train_steps``
     steps, a checkpoint on SIGTERM/SIGUSR1 (:class:`~fundus_lit.resume.PreemptionCheckpoint`)
-    and the random state in every checkpoint, so ``--ckpt_path last`` resumes exactly.
+    and the random state in every checkpoint, so ``--ckpt_path last`` resumes exactly. A
+    ``fit`` with validation ends by writing the validation images' embeddings for TensorBoard's
+    projector (:class:`~fundus_lit.callbacks.EmbeddingProjector`, keys under ``projector.``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -75,6 +78,9 @@ class FundusLitCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
+        # every verb parses the group, so a fit's saved config.yaml serves validate too; the
+        # callback writes at the end of fit only
+        parser.add_lightning_class_args(EmbeddingProjector, "projector")
 
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs

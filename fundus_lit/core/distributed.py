@@ -97,6 +97,18 @@ def first_per_index(indices: Tensor) -> Tensor:
     return order[first]
 
 
+def gather_rows(indices: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
+    """``(indices, *rows)`` of every rank, one row per sample index, in increasing index order.
+
+    ``indices`` holds the split index of each local row; ``rows`` are tensors with as many rows
+    (embeddings, targets, thumbnails). Every rank must call it (a collective) and every rank gets
+    the result; one process gets its own rows, deduplicated and ordered the same way.
+    """
+    indices, rows = gather_no_grad(indices), tuple(gather_no_grad(r) for r in rows)
+    keep = first_per_index(indices)
+    return indices[keep], *(r[keep] for r in rows)
+
+
 def sum_over_ranks(x: Tensor) -> Tensor:
     """``x`` summed over every rank, without gradient (a count that normalises a loss)."""
     _, size = world()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.progress import progress
 from fundus_lit.data.sources import read_rgb
 from fundus_lit.data.transforms import ImagePipeline
 from fundus_lit.eval.features import default_device, extract_features
@@ -58,7 +58,8 @@ def build_index(parser, cfg) -> CaseIndex:
     if not items:
         raise DataError(f"the {cfg.split} split has no records; add data.{cfg.split} sources")
     records = [record for _, record in items]
-    feats = extract_features(encoder, dm.eval_dataloader(cfg.split), records)
+    loader = dm.eval_dataloader(cfg.split)
+    feats = extract_features(encoder, loader, records, desc=f"indexing {cfg.split}")
     # the records encoded: unreadable ones skipped by data.bad_input=skip are not indexed
     source_of = {id(record): source for source, record in items}
     encoded = [(source_of[id(record)], record) for record in feats.records]
@@ -132,14 +133,23 @@ def search(
     if not image.is_file():
         raise DataError(f"query image {image} does not exist")
     meta = case_index.meta
-    encoder, hp = load_encoder(ckpt or meta["ckpt"])
-    if hp["embed_dim"] != meta["embed_dim"]:
-        raise DataError(
-            f"checkpoint embeds in {hp['embed_dim']} dimensions but the index holds "
-            f"{meta['embed_dim']}-dimensional vectors; use the checkpoint the index was built with"
-        )
-    query = embed_image(encoder, image, meta["image_size"], meta["crop_fov"])
-    scores, ids = exact_search(case_index.index, query, min(k, len(case_index)))
+    # one query, but a large checkpoint and index take a while: the bar names the stage
+    with progress(total=3, desc="search", unit="stage") as bar:
+        bar.set_postfix_str("loading the checkpoint")
+        encoder, hp = load_encoder(ckpt or meta["ckpt"])
+        if hp["embed_dim"] != meta["embed_dim"]:
+            raise DataError(
+                f"checkpoint embeds in {hp['embed_dim']} dimensions but the index holds "
+                f"{meta['embed_dim']}-dimensional vectors; use the checkpoint the index was "
+                "built with"
+            )
+        bar.update()
+        bar.set_postfix_str("embedding the query")
+        query = embed_image(encoder, image, meta["image_size"], meta["crop_fov"])
+        bar.update()
+        bar.set_postfix_str(f"searching {len(case_index)} cases")
+        scores, ids = exact_search(case_index.index, query, min(k, len(case_index)))
+        bar.update()
     return [
         {"rank": r + 1, "score": float(s), **case_index.records[int(i)]}
         for r, (s, i) in enumerate(zip(scores[0], ids[0]))
@@ -155,34 +165,17 @@ def format_hits(hits: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _tile(path: str, size: int, caption: str) -> Image.Image:
-    tile = Image.new("RGB", (size, size + 28), "white")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
-    except (OSError, ValueError):
-        ImageDraw.Draw(tile).rectangle([0, 0, size - 1, size - 1], fill="#888888")
-    draw = ImageDraw.Draw(tile)
-    for row, text in enumerate(caption.split("\n")[:2]):
-        draw.text((3, size + 2 + 12 * row), text[: size // 6], fill="black")
-    return tile
-
-
 def write_grid(query: str | Path, hits: list[dict], out: str | Path, size: int = 160) -> Path:
     """A PNG strip: the query, then its neighbours captioned with rank, score and categories
     (cases whose image is not a readable file, such as synthetic ones, get a grey tile)."""
-    tiles = [_tile(str(query), size, "query\n" + Path(query).name)]
+    from fundus_lit.eval.pictures import grid, tile
+
+    tiles = [tile(str(query), size, "query\n" + Path(query).name)]
     for hit in hits:
         cats = ", ".join(hit["categories"]) or "-"
-        tiles.append(_tile(hit["path"], size, f"#{hit['rank']} {hit['score']:.3f}\n{cats}"))
-    cols = min(len(tiles), 6)
-    rows = -(-len(tiles) // cols)
-    grid = Image.new("RGB", (cols * (size + 4), rows * (size + 32)), "white")
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, ((i % cols) * (size + 4), (i // cols) * (size + 32)))
+        tiles.append(tile(hit["path"], size, f"#{hit['rank']} {hit['score']:.3f}\n{cats}"))
+    picture = grid([tiles[i : i + 6] for i in range(0, len(tiles), 6)], size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    picture.save(out)
     return out

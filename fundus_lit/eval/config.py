@@ -52,12 +52,18 @@ class RetrievalConfig:
         case_relevance: ``categories``: a case is relevant when it shares any category with the
             query; ``class``: only when the first categories match.
         device: Where FAISS searches: ``auto`` uses a GPU index when FAISS and CUDA allow.
+        image_queries: Queries drawn in ``retrieval_examples.png`` (evenly spaced over the
+            split, the same every run), each with its top images (i2i) and texts (i2t), framed
+            green when relevant as the metrics count it and red when not; 0 draws none.
+        image_k: Hits drawn per query and task.
     """
 
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     tasks: list[Literal["i2t", "t2i", "i2i"]] = field(default_factory=lambda: ["i2t", "t2i", "i2i"])
     case_relevance: Literal["categories", "class"] = "categories"
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    image_queries: int = 4
+    image_k: int = 5
 
 
 def parse_tasks(tasks: str | list[str] | None) -> list[str]:

@@ -2,7 +2,8 @@
 
 Each split is encoded once (:mod:`fundus_lit.eval.features`); zero-shot, linear probe, few-shot
 adapters and retrieval then work on those rows. Results go to ``eval.json`` (a section per task),
-a markdown report, TensorBoard scalars next to the training curves, and confusion matrices.
+a markdown report, TensorBoard scalars next to the training curves, and pictures (confusion
+matrices, zero-shot per-class recall, retrieval examples) as PNG files and TensorBoard images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fundus_lit.eval.report import (
     confusion_figure,
     confusion_matrix,
     markdown,
+    recall_figure,
     scalars,
     update_json,
 )
@@ -71,7 +73,9 @@ class Evaluation:
         self.split = cfg.split
         self.out = Path(cfg.out) if cfg.out else default_out(self.ckpt)
         self.classes = list(cfg.classes or [])
-        self.figures: dict[str, object] = {}
+        self.figures: dict[str, object] = {}  # "confusion_probe" -> confusion_probe.png
+        self.pictures: dict[str, object] = {}  # PIL images, e.g. retrieval_examples.png
+        self.encoded: Features | None = None  # the evaluated split's rows, for the projector
 
     # -- data --------------------------------------------------------------------------------
     def needs_classes(self) -> bool:
@@ -108,12 +112,9 @@ class Evaluation:
     def features(self, split: str, text: bool) -> Features:
         pooled = "probe" in self.tasks and self.cfg.probe.features == "pooled"
         logger.info("encoding the %s split (%d records)", split, len(self.records(split)))
+        loader, records = self.dm.eval_dataloader(split), self.records(split)
         return extract_features(
-            self.encoder,
-            self.dm.eval_dataloader(split),
-            self.records(split),
-            pooled=pooled,
-            text=text,
+            self.encoder, loader, records, pooled=pooled, text=text, desc=f"encoding {split}"
         )
 
     def targets(self, feats: Features) -> np.ndarray:
@@ -128,7 +129,7 @@ class Evaluation:
     def confusion(self, name: str, logits, targets: np.ndarray, title: str) -> None:
         preds = np.asarray(torch.as_tensor(logits).argmax(dim=1))
         cm = confusion_matrix(preds, targets, len(self.classes))
-        self.figures[name] = confusion_figure(cm, self.classes, title)
+        self.figures[f"confusion_{name}"] = confusion_figure(cm, self.classes, title)
 
     def run_zeroshot(self, test: Features, protos: torch.Tensor) -> dict:
         y = self.targets(test)
@@ -137,6 +138,8 @@ class Evaluation:
         known = y >= 0
         logits = scale * test.image_emb[known] @ protos.t()
         self.confusion("zeroshot", logits, y[known], f"zero-shot ({self.split})")
+        title = f"zero-shot per-class recall ({self.split})"
+        self.figures["recall_zeroshot"] = recall_figure(result["per_class_recall"], title)
         return result
 
     def run_probe(self, train: Features, test: Features) -> dict:
@@ -201,6 +204,11 @@ class Evaluation:
                 )
                 r["gallery_split"] = f"{self.split} (leave-one-out)"
             result["i2i"] = r
+        if cfg.image_queries > 0:
+            from fundus_lit.eval.pictures import split_examples
+
+            picture = split_examples(cfg, self.dm, self.split, test, train)
+            self.pictures["retrieval_examples"] = picture
         return result
 
     def run(self) -> dict[str, dict]:
@@ -210,6 +218,7 @@ class Evaluation:
         if not set(self.tasks) - {"segmentation"}:
             return {"segmentation": self.run_segmentation()}
         test = self.features(self.split, text=text)
+        self.encoded = test
         train = None
         if self.needs_train() and self.records("train") and self.split != "train":
             train = self.features("train", text=False)
@@ -247,6 +256,21 @@ class Evaluation:
         )
 
     # -- outputs -----------------------------------------------------------------------------
+    def write_projector(self, tag: str) -> None:
+        """The evaluated images for TensorBoard's projector (:mod:`fundus_lit.eval.projector`)."""
+        from fundus_lit.eval.projector import project_split
+
+        test, step = self.encoded, int(self.checkpoint.get("global_step", 0))
+        if test is None:  # segmentation alone encodes no split
+            return
+        name = f"evaluate_{self.split}{tag}_step{step}"
+        split, options = self.dm.splits[self.split], self.cfg.projector
+        folder = project_split(
+            self.out, name, test.image_emb, test.records, split, options, self.dm.crop_fov
+        )
+        if folder is not None:
+            print(f"wrote the {self.split} images' embeddings for the projector to {folder}")
+
     def write(self, results: dict[str, dict]) -> None:
         tag = f"_{self.cfg.tag}" if self.cfg.tag else ""
         sections = {f"{task}{tag}": result for task, result in results.items()}
@@ -264,10 +288,15 @@ class Evaluation:
         for section, result in sections.items():
             for name, value in scalars(result, f"eval/{section}"):
                 writer.add_scalar(name, value, step)
-        for name, fig in self.figures.items():
-            fig.savefig(self.out / f"confusion_{name}{tag}.png", dpi=110)
-            writer.add_figure(f"eval/confusion/{name}{tag}", fig, step)
+        for name, fig in self.figures.items():  # eval/confusion/probe, eval/recall/zeroshot
+            fig.savefig(self.out / f"{name}{tag}.png", dpi=110)
+            writer.add_figure(f"eval/{name.replace('_', '/', 1)}{tag}", fig, step)
+        for name, picture in self.pictures.items():  # eval/retrieval/examples
+            picture.save(self.out / f"{name}{tag}.png")
+            tb_tag = f"eval/{name.replace('_', '/', 1)}{tag}"
+            writer.add_image(tb_tag, np.asarray(picture), step, dataformats="HWC")
         writer.close()
+        self.write_projector(tag)
         print(report)
         print(f"wrote {json_path}, {md_path}, TensorBoard scalars in {self.out}")
 

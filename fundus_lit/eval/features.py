@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from fundus_lit.core.progress import progress
 from fundus_lit.data.records import FundusRecord
 from fundus_lit.models.dual_encoder import DualEncoder
 
@@ -52,30 +53,34 @@ def extract_features(
     pooled: bool = False,
     text: bool = False,
     device: torch.device | None = None,
+    desc: str = "encoding images",
 ) -> Features:
     """Encode every batch of ``loader`` (sequential, unaugmented) and keep the rows asked for.
 
     ``records`` are the split's records in loader order; the batch indices are checked against
     them so a shuffled loader cannot silently misalign features and labels. Samples the data
     module skipped as unreadable (``data.bad_input: skip``) are left out of the features, and
-    said so; the returned records are those that were encoded.
+    said so; the returned records are those that were encoded. ``desc`` names the split on
+    the progress bar.
     """
     device = device or default_device()
     encoder.eval().to(device)
     emb, feats, text_emb, texts, order, skipped = [], [], [], [], [], []
-    for batch in loader:
-        skipped.extend(batch.extra.get("skipped", []))
-        images = batch.images.to(device, non_blocking=True)
-        out = encoder.encode_image(images)
-        emb.append(out["emb"].float().cpu())
-        if pooled:
-            feats.append(out["pooled"].float().cpu())
-        if text:
-            ids = batch.input_ids.to(device)
-            mask = batch.attention_mask.to(device)
-            text_emb.append(encoder.encode_text(ids, mask)["emb"].float().cpu())
-            texts.extend(batch.texts)
-        order.append(batch.indices.cpu())
+    with progress(total=len(records), desc=desc, unit="img") as bar:
+        for batch in loader:
+            skipped.extend(batch.extra.get("skipped", []))
+            images = batch.images.to(device, non_blocking=True)
+            out = encoder.encode_image(images)
+            emb.append(out["emb"].float().cpu())
+            if pooled:
+                feats.append(out["pooled"].float().cpu())
+            if text:
+                ids = batch.input_ids.to(device)
+                mask = batch.attention_mask.to(device)
+                text_emb.append(encoder.encode_text(ids, mask)["emb"].float().cpu())
+                texts.extend(batch.texts)
+            order.append(batch.indices.cpu())
+            bar.update(len(batch.indices) + len(batch.extra.get("skipped", [])))
     indices = torch.cat(order) if order else torch.empty(0, dtype=torch.long)
     # increasing, within range, and every record either encoded or skipped
     increasing = bool((indices[1:] > indices[:-1]).all())

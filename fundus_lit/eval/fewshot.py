@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fundus_lit.core.progress import progress
 from fundus_lit.eval.adapters import (
     clip_adapter,
     positive_scale,
@@ -145,22 +146,28 @@ def fewshot_eval(
     logits_out: dict[str, np.ndarray] = {}
     supports: dict[tuple[int, int], Tensor] = {}
     largest = max(config.shots, default=0)
-    for method in config.methods:
-        summary[method] = {}
-        for k in config.shots:
-            runs: list[dict[str, float]] = []
-            sizes: list[int] = []
-            for seed in range(config.seeds):
-                if (k, seed) not in supports:
-                    idx = sample_support(ytr, num_classes, seed=seed, shots=k)
-                    supports[k, seed] = torch.from_numpy(idx)
-                idx = supports[k, seed]
-                logits = _run_method(method, train[idx], ytr[idx], test, protos, s, config, seed)
-                runs.append(classification_metrics(logits, yte))
-                sizes.append(len(idx))
-                if seed == 0 and k == largest:
-                    logits_out[method] = logits.numpy()
-                if len(idx) == len(ytr):
-                    break
-            summary[method][f"{k}-shot"] = summarize_runs(runs, round(float(np.mean(sizes))))
+    total = len(config.methods) * len(config.shots) * config.seeds
+    with progress(total=total, desc="few-shot adapters", unit="fit") as bar:
+        for method in config.methods:
+            summary[method] = {}
+            for k in config.shots:
+                runs: list[dict[str, float]] = []
+                sizes: list[int] = []
+                for seed in range(config.seeds):
+                    if (k, seed) not in supports:
+                        idx = sample_support(ytr, num_classes, seed=seed, shots=k)
+                        supports[k, seed] = torch.from_numpy(idx)
+                    idx = supports[k, seed]
+                    logits = _run_method(
+                        method, train[idx], ytr[idx], test, protos, s, config, seed
+                    )
+                    runs.append(classification_metrics(logits, yte))
+                    sizes.append(len(idx))
+                    if seed == 0 and k == largest:
+                        logits_out[method] = logits.numpy()
+                    if len(idx) == len(ytr):  # the seeds left would draw the same support
+                        bar.update(config.seeds - seed)
+                        break
+                    bar.update()
+                summary[method][f"{k}-shot"] = summarize_runs(runs, round(float(np.mean(sizes))))
     return FewShotResult(summary=summary, logits=logits_out)

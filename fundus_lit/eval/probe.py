@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from fundus_lit.core.progress import progress
 from fundus_lit.eval.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -244,26 +245,30 @@ def linear_probe(
     settings += [{"fraction": f} for f in config.fractions]
     summary: dict[str, dict[str, Any]] = {}
     logits_out: dict[str, np.ndarray] = {}
-    for setting in settings:
-        name = setting_name(**setting)
-        runs: list[dict[str, float]] = []
-        sizes: list[int] = []
-        for seed in range(config.seeds):
-            idx = sample_support(ytr, num_classes, seed=seed, **setting)
-            logits = fit_logistic(
-                xtr[idx],
-                ytr[idx],
-                xte,
-                num_classes,
-                C=config.C,
-                max_iter=config.max_iter,
-                seed=seed,
-            )
-            runs.append(_metrics(logits, yte))
-            sizes.append(len(idx))
-            if seed == 0:
-                logits_out[name] = logits.astype(np.float32)
-            if len(idx) == len(ytr):
-                break
-        summary[name] = summarize_runs(runs, round(float(np.mean(sizes))))
+    bar = progress(total=len(settings) * config.seeds, desc="linear probe", unit="fit")
+    with bar:
+        for setting in settings:
+            name = setting_name(**setting)
+            runs: list[dict[str, float]] = []
+            sizes: list[int] = []
+            for seed in range(config.seeds):
+                idx = sample_support(ytr, num_classes, seed=seed, **setting)
+                logits = fit_logistic(
+                    xtr[idx],
+                    ytr[idx],
+                    xte,
+                    num_classes,
+                    C=config.C,
+                    max_iter=config.max_iter,
+                    seed=seed,
+                )
+                runs.append(_metrics(logits, yte))
+                sizes.append(len(idx))
+                if seed == 0:
+                    logits_out[name] = logits.astype(np.float32)
+                if len(idx) == len(ytr):  # the seeds left would refit the same support
+                    bar.update(config.seeds - seed)
+                    break
+                bar.update()
+            summary[name] = summarize_runs(runs, round(float(np.mean(sizes))))
     return ProbeResult(summary=summary, logits=logits_out)

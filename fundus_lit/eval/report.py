@@ -1,4 +1,5 @@
-"""Where evaluation results go: a JSON file, a markdown table, TensorBoard, confusion matrices.
+"""Where evaluation results go: a JSON file, a markdown table, TensorBoard, confusion matrices
+and per-class recall bars.
 
 Results are nested dicts (task -> setting -> metric -> value or {mean, std}); these helpers only
 flatten and render them, so every task shares one output format.
@@ -117,6 +118,33 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str):
         for j in range(k):
             color = "white" if rates[i, j] > 0.5 else "black"
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    return fig
+
+
+def recall_figure(recall: dict[str, float | None], title: str):
+    """Per-class recall as horizontal bars in class order (the confusion matrix's diagonal, read
+    at a glance); a class without test images is marked ``no images``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(recall)
+    values = [recall[n] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.35 * len(names) + 1.2)))
+    rows = range(len(names))
+    ax.barh(rows, values, color="#4a78b5")
+    short = [n if len(n) <= 36 else n[:34] + "…" for n in names]
+    ax.set_yticks(rows, short, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.08)
+    ax.set_xlabel("recall")
+    ax.set_title(title, fontsize=10)
+    for row, name in enumerate(names):
+        label = "no images" if recall[name] is None else f"{recall[name]:.2f}"
+        ax.text(values[row] + 0.01, row, label, va="center", fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -23,7 +23,13 @@ import numpy as np
 
 from fundus_lit.eval.faiss_search import as_matrix, build_index, exact_search, faiss_gpu_available
 
-__all__ = ["build_index", "exact_search", "faiss_gpu_available", "retrieval_metrics"]
+__all__ = [
+    "build_index",
+    "exact_search",
+    "faiss_gpu_available",
+    "ranked_hits",
+    "retrieval_metrics",
+]
 
 
 def _is_set_key(key: Any) -> bool:
@@ -192,3 +198,35 @@ def retrieval_metrics(
     out["queries"] = len(evaluated)
     out["skipped"] = len(q) - len(evaluated)
     return out
+
+
+def ranked_hits(
+    queries: Any,
+    gallery: Any,
+    query_keys: Sequence[Any],
+    gallery_keys: Sequence[Any],
+    k: int,
+    *,
+    exclude: Sequence[int] | None = None,
+    device: Literal["auto", "cpu", "gpu"] = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``k`` of each query with the ranking and the relevance rule of
+    :func:`retrieval_metrics` (same key kinds, same tie-breaking), for pictures of examples.
+
+    Args:
+        exclude: (Q,) gallery id left out of each query's ranking (the query itself when the
+            queries are gallery items, as in leave-one-out case retrieval), -1 for none.
+
+    Returns:
+        (Q, k) scores, gallery ids (-1 past the end of a short gallery) and relevance (bool).
+    """
+    q = as_matrix(queries, "queries")
+    g = as_matrix(gallery, "gallery")
+    qk = _key_list(query_keys, "query_keys", len(q), "queries")
+    gk = _key_list(gallery_keys, "gallery_keys", len(g), "gallery")
+    index = build_index(g.shape[1], device)
+    index.add(g)
+    skip = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+    scores, ids = exact_search(index, q, int(k), exclude=skip)
+    relevant = _relevance(qk, gk).relevant(np.arange(len(q)), ids)
+    return scores, ids, relevant

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from fundus_lit.core.dice import dice_bce_loss
+from fundus_lit.core.overlay import mask_overlay
 from fundus_lit.data.batch import Batch
 from fundus_lit.models.decoders import (
     build_decoder,
@@ -57,9 +58,10 @@ class PseudoSegObjective(Objective):
             backbone's coarsest stride): 1 runs it to input resolution; 2 or 4 drop the blocks
             on the largest maps, most of a narrow decoder's cost, and upsample the logits
             bilinearly. Masks and loss stay at input size either way.
-        image_every: Log input / mask / prediction overlays every this many training steps
-            (0: never); a multiple of ``trainer.log_every_n_steps`` draws them at logging steps,
-            where the host reads values anyway.
+        image_every: Log ``<name>/overlay`` every this many training steps (0: never): four
+            inputs, their pseudo masks in red over them, the decoder's masks in green, the
+            field-of-view boundary in cyan; a multiple of ``trainer.log_every_n_steps`` draws
+            them at logging steps, where the host reads values anyway.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"attention", "multiscale"})
@@ -163,17 +165,8 @@ class PseudoSegObjective(Objective):
         # count, an image_every that is a multiple of it draws at logging steps only
         due = self.image_every and (self._host_steps + 1) % self.image_every == 0
         if self.training and due:
-            pictures["overlay"] = overlay(images[:4], target[:4], logits[:4].detach())
+            shown = images[:4]
+            pictures["overlay"] = mask_overlay(
+                shown, target[:4], logits[:4].detach(), fov_mask(shown)
+            )
         return ObjectiveOutput(losses={"loss": loss * active}, scalars=scalars, images=pictures)
-
-
-def overlay(images: Tensor, masks: Tensor, logits: Tensor) -> Tensor:
-    """(N, 3, H, 3W) in [0, 1]: the input, its pseudo mask in red, the prediction in green."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
-    mask = masks.float().mean(dim=1, keepdim=True)
-    pred = torch.sigmoid(logits.float()).mean(dim=1, keepdim=True)
-    red = torch.tensor([1.0, 0.0, 0.0], device=x.device).view(1, 3, 1, 1)
-    green = torch.tensor([0.0, 1.0, 0.0], device=x.device).view(1, 3, 1, 1)
-    with_mask = x * (1 - 0.5 * mask) + 0.5 * mask * red
-    with_pred = x * (1 - 0.5 * pred) + 0.5 * pred * green
-    return torch.cat([x, with_mask, with_pred], dim=-1).clamp(0, 1)

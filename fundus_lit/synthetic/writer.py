@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fundus_lit.core.progress import progress
+
 from .atlas import atlas_caption
 from .generator import FundusSynth, SynthSample
 from .reports import synthetic_report
@@ -54,7 +56,7 @@ def write_csv_dataset(
     rows: dict[str, list[list[str]]] = {}
     if by_site:
         rows = {cam.name: [] for cam in synth.cameras}
-    for i in indices:
+    for i in progress(indices, desc=f"synth {name or 'site CSVs'}", unit="img"):
         sample = synth.sample(i, with_mask=with_mask)
         image = save_image(out, sample, i, image_format)
         rows.setdefault(sample.site if by_site else name, []).append(row_of(sample, i, image, out))

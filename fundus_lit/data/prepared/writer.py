@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from fundus_lit.core.errors import DataError
+from fundus_lit.core.progress import progress as show_progress
 from fundus_lit.data.prepared.format import (
     FIELDS,
     FORMAT,
@@ -213,13 +214,11 @@ def prepare(
         quality: JPEG quality of the stored images.
         shard_size: Records per shard file.
         workers: Processes decoding and encoding images; 0 does it in this process.
-        progress: Show a progress bar.
+        progress: Show a progress bar (where :mod:`fundus_lit.core.progress` draws one).
 
     Returns:
         The output folder.
     """
-    from tqdm.auto import tqdm
-
     if size < 8:
         raise DataError(f"prepare: size must be at least 8 px, got {size}")
     if not 1 <= quality <= 100:
@@ -271,7 +270,8 @@ def prepare(
     def here(item: tuple[int, FundusRecord]) -> tuple[bytes, bytes | None]:
         return prepare_image(sources[item[0]], item[1], size, crop_fov, quality)
 
-    bar = tqdm(total=len(items), unit="img", desc=f"prepare {out.name}", disable=not progress)
+    desc = f"prepare {out.name}"
+    bar = show_progress(total=len(items), desc=desc, unit="img", disable=not progress)
     try:
         for k in range(math.ceil(len(items) / shard_size)):
             chunk = items[k * shard_size : (k + 1) * shard_size]
