@@ -20,13 +20,16 @@ def dice_bce_loss(
     *,
     dice_on: DiceInput = "probs",
     eps: float = 1e-6,
+    pos_weight: float | None = None,
 ) -> Tensor:
     """``L_PS = w_dice (1 - Dice(sigmoid(P), M)) + w_bce BCEWithLogits(P, M)`` (G2D, section 4 of
     docs/objectives.md).
 
     Dice is ``(2 sum PM + eps) / (sum P + sum M + eps)`` per image, averaged over the batch; BCE is
     the mean over all pixels. ``dice_on="logits"`` is the "code" preset's Dice on raw logits, kept
-    for reproduction only: its denominator can approach 0 or turn negative.
+    for reproduction only: its denominator can approach 0 or turn negative. ``pos_weight``
+    weighs lesion pixels in the BCE (the dense transfer evaluation's guard against predicting
+    nothing when lesions are a small share of the pixels); G2D's objective leaves it unset.
     """
     if logits.shape != target.shape:
         raise ValueError(
@@ -39,5 +42,6 @@ def dice_bce_loss(
     inter = (pred * target).flatten(1).sum(dim=1)
     total = pred.flatten(1).sum(dim=1) + target.flatten(1).sum(dim=1)
     dice = (2 * inter + eps) / (total + eps)
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    weight = None if pos_weight is None else logits.new_tensor(pos_weight)
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
     return w_dice * (1 - dice.mean()) + w_bce * bce
