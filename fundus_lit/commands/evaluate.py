@@ -10,9 +10,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 def build_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
     """Evaluate a trained checkpoint: zero-shot, linear probe, few-shot adapters and retrieval on
     the data of an evaluation config. Writes eval.json (a section per task), a markdown report,
-    TensorBoard scalars, confusion matrices and the evaluated images' embeddings for TensorBoard's
-    projector (--projector.max_points 0: none) into --out (the checkpoint's run directory by
-    default)."""
+    TensorBoard scalars, pictures (confusion matrices, the zero-shot per-class recall chart,
+    retrieval examples framed green or red; PNG files and TensorBoard images) and the evaluated
+    images' embeddings for TensorBoard's projector (--projector.max_points 0: none) into --out
+    (the checkpoint's run directory by default)."""
     from fundus_lit.core.progress import add_quiet_flag
     from fundus_lit.eval.config import add_evaluation_config
     from fundus_lit.eval.projector import ProjectorOptions
