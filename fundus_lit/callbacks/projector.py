@@ -44,7 +44,14 @@ class EmbeddingProjector(L.Callback):
     def _records(trainer: L.Trainer) -> list | None:
         splits = getattr(trainer.datamodule, "splits", None) or {}
         items = splits.get("val")
-        return [record for _, record in items] if items else None
+        # (source, record) pairs of images; a text-only data module (text pretraining) has
+        # other items and no image embeddings to project
+        if not items or not all(
+            isinstance(item, tuple) and len(item) == 2 and hasattr(item[1], "categories")
+            for item in items
+        ):
+            return None
+        return [record for _, record in items]
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         import torch
