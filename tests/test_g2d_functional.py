@@ -115,6 +115,18 @@ def test_fov_mask_finds_the_aperture_and_fills_dark_spots():
     assert not fov_mask(images, close=0)[1, 0, 31, 31]  # without the closing the hole stays
 
 
+def test_fov_mask_finds_the_aperture_above_a_grey_border_and_fills_a_borderless_frame():
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 28**2
+    dim = torch.full((1, 3, 64, 64), 11, dtype=torch.uint8)  # a contrast jitter's grey border
+    dim[:, 0][:, disc] = 40  # a dim periphery, below 4 % of the peak above 0 ...
+    dim[0, 0, 28:36, 28:36] = 196  # ... of a bright disc
+    assert torch.equal(fov_mask(dim)[0, 0], disc)  # 4 % of 196 (7.8) took the border in
+    filled = torch.full((1, 3, 64, 64), 90, dtype=torch.uint8)  # retina to the corners
+    filled[0, 0, 20:40, 20:40] = 200
+    assert fov_mask(filled).all()
+
+
 def speck_and_block(size: int = 64) -> torch.Tensor:
     """Attention with a 20 x 20 block and one isolated cell above a zero background: the
     0.85-quantile is 0, so the strict mask is exactly the block and the speck."""

@@ -160,22 +160,43 @@ def bilateral_smooth(
     return num / den
 
 
-def fov_mask(images: Tensor, threshold: float = 0.04, close: int = 5) -> Tensor:
+def fov_mask(
+    images: Tensor, threshold: float = 0.04, close: int = 5, dark_border: float = 0.2
+) -> Tensor:
     """Fundus aperture of (B, 3, H, W) uint8 or float images as a (B, 1, H, W) bool mask.
 
-    A pixel is inside when its brightest channel exceeds ``threshold`` times the image's brightest
-    value: the border around the aperture is black in every channel, while the retina is bright at
-    least in red. Relative to the per-image maximum, it works for uint8 and [0, 1] images and for
-    dim photographs alike; an all-black image has an empty aperture. A morphological closing with a
-    ``close`` x ``close`` square (even sizes round up to odd; 0 or 1 disables it) then fills small
-    dark holes inside the aperture (dark haemorrhages, JPEG noise).
+    A pixel is inside when its brightest channel rises ``threshold`` of the way from the border's
+    level to the image's brightest value: the retina is bright at least in red, the border is dark
+    in every channel but not always black. A contrast jitter blends the border with the image's
+    mean (11/255 on a dim synthetic image, whose peak is 196) and JPEG borders sit at a few grey
+    levels, so a threshold relative to 0 took the whole frame as aperture. The border's level is
+    the median of the four corner patches; corners brighter than ``dark_border`` of the peak are
+    retina (a frame-filling photograph), and the level is then 0. Relative levels work for uint8
+    and [0, 1] images and for dim photographs alike; an all-black image has an empty aperture. A
+    morphological closing with a ``close`` x ``close`` square (even sizes round up to odd; 0 or 1
+    disables it) then fills small dark holes inside the aperture (dark haemorrhages, JPEG noise).
     """
     bright = images.to(torch.float32).amax(dim=1, keepdim=True)
     peak = bright.amax(dim=(2, 3), keepdim=True)
-    inside = (bright > threshold * peak).to(torch.float32)
+    border = _corner_level(bright)
+    border = torch.where(border <= dark_border * peak, border, torch.zeros_like(border))
+    inside = (bright > border + threshold * (peak - border)).to(torch.float32)
     if close > 1:
         inside = _closing(inside, close)
     return inside > 0.5
+
+
+def _corner_level(bright: Tensor) -> Tensor:
+    """Median brightness of the four corner patches (1/16 of each side), (B, 1, 1, 1)."""
+    h, w = bright.shape[-2:]
+    kh, kw = max(1, h // 16), max(1, w // 16)
+    corners = [
+        bright[..., rows, cols]
+        for rows in (slice(0, kh), slice(h - kh, h))
+        for cols in (slice(0, kw), slice(w - kw, w))
+    ]
+    flat = torch.cat([c.flatten(1) for c in corners], dim=1)
+    return flat.median(dim=1).values.view(-1, 1, 1, 1)
 
 
 def _closing(mask: Tensor, kernel: int) -> Tensor:
