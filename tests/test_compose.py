@@ -246,3 +246,26 @@ def test_recipes_command_lists_every_recipe_and_matches_the_readme(capsys):
     assert g2d["base"] == "recipes/g2d.yaml" and g2d["objectives"] == "clip, pseudo_seg"
     readme = (ROOT / "README.md").read_text()
     assert render(rows, "markdown") in readme, "regenerate: fundus-lit recipes --format markdown"
+
+
+def test_an_overlay_file_or_a_flag_changes_an_objective_of_the_recipe_before_it(tmp_path, capsys):
+    tune = {
+        "model": {"init_args": {"objectives": {"pseudo_seg": {"init_args": {"quantile": 0.7}}}}}
+    }
+    overlay = write(tmp_path / "tune.yaml", tune)
+    stacked = compose.compose([RECIPES / "g2d.yaml", overlay])
+    assert objectives(stacked.config)[1]["init_args"]["quantile"] == 0.7
+    assert stacked.source_of("model.init_args.objectives[1].init_args.quantile") == str(overlay)
+    with pytest.raises(compose.ConfigError, match=r"tune.yaml: .*pseudo_seg.*known: clip"):
+        compose.compose([RECIPES / "clip.yaml", overlay])  # nothing to change: the file is named
+    flag = "--model.init_args.objectives.pseudo_seg.init_args"
+    argv = ["fit", f"--config={RECIPES / 'g2d.yaml'}", f"{flag}.image_every=20", f"{flag}.fov"]
+    resolved = yaml.safe_load(compose.resolve_cli_args([*argv, "false"])[1].split("=", 1)[1])
+    seg = objectives(resolved)[1]["init_args"]
+    assert seg["image_every"] == 20 and seg["fov"] is False
+    removed = compose.resolve_cli_args(["fit", argv[1], "--model.init_args.objectives.clip=null"])
+    assert "CLIPObjective" not in removed[1]
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", f"--config={RECIPES / 'clip.yaml'}", f"{flag}.image_every=20"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "the command line" in err and "known: clip" in err, err

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from fundus_lit.core.errors import ConfigError
-from fundus_lit.core.merge import OBJECTIVES, Key, merge, objective_name
+from fundus_lit.core.merge import OBJECTIVES, Key, merge, objective_change, objective_name
 
 RESERVED = ("base", "description", "overlays", "overlay")
 NOT_RECIPES = frozenset(
@@ -144,15 +144,19 @@ def load(path: str | Path, _chain: tuple[Path, ...] = ()) -> Composed:
     result = Composed(config={}, description=description, bases=bases)
     for base in bases:
         layer = load(base, (*_chain, path))
-        _merge_layer(result, layer.config, layer.raw)
+        _merge_layer(result, layer.config, layer.raw, strict=False)
         result.files += layer.files
-    _merge_layer(result, own, None, str(path))
+    _merge_layer(result, own, None, str(path), strict=False)
     result.files.append(path)
     return result
 
 
-def _merge_layer(result: Composed, config: dict, sources: dict | None, source: str = "") -> None:
-    result.config = merge(result.config, config, source, result.raw, (), sources)
+def _merge_layer(
+    result: Composed, config: dict, sources: dict | None, source: str = "", strict: bool = True
+) -> None:
+    """A file read alone merges leniently (its objective changes may target an earlier
+    ``--config``); stacking is strict, so a change nothing defines fails naming its file."""
+    result.config = merge(result.config, config, source, result.raw, (), sources, strict)
 
 
 def finalize(composed: Composed) -> Composed:
@@ -187,20 +191,22 @@ def finalize(composed: Composed) -> Composed:
 # ------------------------------------------------------------------------------------- stacking
 
 
-def compose(configs: list[str | Path | dict]) -> Composed:
+def compose(configs: list[str | Path | dict | tuple[str, dict]]) -> Composed:
     """Several configs stacked (later wins), each with its base chain, and the overlay needs the
     earlier ones declare applied: a file with ``overlay: NAME`` is replaced by the ``instead``
     file and followed by the ``add`` files that the configs before it declare for NAME. A dict
-    is a config given as YAML text on the command line. A file already applied at this level is
-    not applied again (e.g. an overlay's declared need also given by hand)."""
+    is a config given as YAML text on the command line, a ``(source, dict)`` pair one named by
+    its source. A file already applied at this level is not applied again (e.g. an overlay's
+    declared need also given by hand)."""
     result = Composed(config={})
     applied: set[Path] = set()
-    queue: list[str | Path | dict] = list(configs)
+    queue: list[str | Path | dict | tuple[str, dict]] = list(configs)
     first = True
     while queue:
         item = queue.pop(0)
-        if isinstance(item, dict):
-            _merge_layer(result, item, None, "<--config text>")
+        if isinstance(item, (dict, tuple)):
+            source, layer_config = item if isinstance(item, tuple) else ("<--config text>", item)
+            _merge_layer(result, layer_config, None, source)
             first = False
             continue
         path = Path(item).resolve()
@@ -215,7 +221,7 @@ def compose(configs: list[str | Path | dict]) -> Composed:
             continue
         if first:
             result.description, result.bases, first = layer.description, layer.bases, False
-        _merge_layer(result, layer.config, layer.raw)
+        _merge_layer(result, layer.config, layer.raw, str(path))
         result.files += layer.files
         applied.add(path)
         if needs:
@@ -238,6 +244,7 @@ def resolve_cli_args(argv: list[str] | None) -> list[str] | None:
     LAST_ARGV = args
     files: list[str] = []
     rest: list[str] = []
+    named: list[tuple[str, dict]] = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -245,22 +252,27 @@ def resolve_cli_args(argv: list[str] | None) -> list[str] | None:
             files.append(args[i + 1])
             i += 2
             continue
+        change = objective_change(arg, args[i + 1] if i + 1 < len(args) else None)
+        if change is not None:
+            named.append((COMMAND_LINE, change))
+            i += 1 if "=" in arg else 2
+            continue
         if arg.startswith("--config="):
             files.append(arg.split("=", 1)[1])
         else:
             rest.append(arg)
         i += 1
-    if not files:
+    if not files and not named:
         LAST = None
         return argv
-    configs: list[str | dict] = []
+    configs: list[str | dict | tuple[str, dict]] = []
     for f in files:  # jsonargparse also takes a config as YAML text
         # text first: DDP's launcher re-runs sys.argv, which holds the resolved config as text,
         # and a path check on a long text fails (file name too long)
         inline = "\n" in f or f.lstrip().startswith("{")
         text = yaml.safe_load(f) if inline else None
         configs.append(text if isinstance(text, dict) else f)
-    LAST = composed = compose(configs)
+    LAST = composed = compose([*configs, *named])
     at = 1 if rest and rest[0] in TRAINER_VERBS else 0
     text = yaml.safe_dump(composed.config, sort_keys=False)
     out = [*rest[:at], f"--config={text}", *rest[at:]]

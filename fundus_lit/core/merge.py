@@ -7,6 +7,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+import yaml
+
 from fundus_lit.core.errors import ConfigError
 
 OBJECTIVES = ("model", "init_args", "objectives")
@@ -20,9 +22,12 @@ def merge(
     sources: dict[Key, str],
     at: Key = (),
     delta_sources: dict[Key, str] | None = None,
+    strict: bool = True,
 ) -> dict:
     """``delta`` over ``base`` (neither is modified). ``sources`` records, per key, the file that
-    set it: ``source``, or for an already merged layer its own ``delta_sources``."""
+    set it: ``source``, or for an already merged layer its own ``delta_sources``. Not ``strict``,
+    a change to (or removal of) an objective ``base`` lacks stays a pending delta: one file read
+    alone (an overlay that tunes an objective of the recipe before it) can't know them yet."""
 
     def record(key: Key) -> None:
         for old in [k for k in sources if k[: len(key)] == key]:
@@ -37,7 +42,9 @@ def merge(
         key = str(raw_key)
         here = (*at, key)
         if here == OBJECTIVES and isinstance(value, dict):
-            out[key] = _merge_objectives(out.get(key), value, source, sources, delta_sources)
+            out[key] = _merge_objectives(
+                out.get(key), value, source, sources, delta_sources, strict
+            )
             continue
         elif key.endswith("+") and isinstance(value, list):
             plain = key[:-1]
@@ -53,7 +60,7 @@ def merge(
             if not (isinstance(into, dict) and _same_class(into, value)):
                 into = {}
                 record(here)
-            out[key] = merge(into, value, source, sources, here, delta_sources)
+            out[key] = merge(into, value, source, sources, here, delta_sources, strict)
             continue
         else:
             out[key] = value
@@ -92,14 +99,17 @@ def _as_mapping(value: Any) -> dict:
     return {}
 
 
-def _merge_objectives(base, delta: dict, source, sources, delta_sources) -> dict:
+def _merge_objectives(base, delta: dict, source, sources, delta_sources, strict) -> dict:
     out = _as_mapping(base)
     for name, entry in delta.items():
         name = str(name)
         here = (*OBJECTIVES, name)
         if entry is None:
-            if name not in out:
+            if name not in out and strict:
                 raise ConfigError(_unknown_objective(source, name, out, "remove"))
+            if name not in out or out[name] is None:
+                out[name] = None  # a pending removal, checked when the file is stacked
+                continue
             del out[name]
             for old in [k for k in sources if k[: len(here)] == here]:
                 del sources[old]
@@ -109,10 +119,16 @@ def _merge_objectives(base, delta: dict, source, sources, delta_sources) -> dict
                 f"{source}: {'.'.join(here)}: expected {{class_path: ..., init_args: {{...}}}} "
                 f"or null, got {entry!r}"
             )
-        if name not in out and "class_path" not in entry:
+        if name not in out and "class_path" not in entry and strict:
             raise ConfigError(_unknown_objective(source, name, out, "change"))
         merged = merge(
-            {name: out.get(name) or {}}, {name: entry}, source, sources, OBJECTIVES, delta_sources
+            {name: out.get(name) or {}},
+            {name: entry},
+            source,
+            sources,
+            OBJECTIVES,
+            delta_sources,
+            strict,
         )
         out[name] = merged[name]
     return out
@@ -125,3 +141,26 @@ def _unknown_objective(source: str, name: str, known: dict, what: str) -> str:
         f"{source}: {'.'.join(OBJECTIVES)}.{name}: no objective named {name!r} to {what} "
         f"(known: {', '.join(known) or 'none'}){hint}; a new objective needs a class_path"
     )
+
+
+_OBJECTIVE_FLAG = "--" + ".".join(OBJECTIVES) + "."
+
+
+def objective_change(arg: str, following: str | None) -> dict | None:
+    """``--model.init_args.objectives.NAME.KEY=VALUE`` (or ``... VALUE``) as a config layer that
+    changes objective NAME: the parsed config holds objectives as a list, so jsonargparse can't
+    address one by name, while the merge does (and says which names exist)."""
+    if not arg.startswith(_OBJECTIVE_FLAG):
+        return None
+    key, eq, value = arg[len(_OBJECTIVE_FLAG) :].partition("=")
+    path = key.split(".")
+    if not path[0] or path[0].isdigit():  # a list index: jsonargparse's own
+        return None
+    if not eq:
+        if following is None:
+            return None
+        value = following
+    leaf: Any = yaml.safe_load(value)
+    for part in reversed([*OBJECTIVES, *path]):
+        leaf = {part: leaf}
+    return leaf
