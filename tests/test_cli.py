@@ -313,3 +313,13 @@ def test_an_unknown_verb_names_the_nearest_and_lists_every_verb(capsys):
     assert stop.value.code == 2
     assert "unknown verb 'evaluat'; did you mean evaluate?" in err
     assert "recipes" in err and "fit" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "zeroshot", "index"])
+def test_an_evaluation_without_data_says_where_the_evaluation_configs_are(verb, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([verb, "--ckpt", "x.ckpt", "--out", "ignored"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"{verb}: no test data" in err and "--config recipes/eval/synthetic.yaml" in err
+    assert "synthetic_6class.yaml" in err and "usage" not in err

@@ -38,9 +38,11 @@ def build_parser(prog: str = "fundus-lit evaluate") -> ArgumentParser:
 
 def run(args: list[str], parser: ArgumentParser | None = None) -> None:
     from fundus_lit.core.progress import set_quiet
+    from fundus_lit.eval.config import require_data
     from fundus_lit.eval.evaluate import run_evaluate
 
     parser = parser or build_parser()
+    require_data(args, parser.prog.removeprefix("fundus-lit "))
     cfg = parser.parse_args(args)
     set_quiet(cfg.quiet)
     run_evaluate(parser, cfg)

@@ -27,8 +27,9 @@ def build_parser() -> ArgumentParser:
 def run(args: list[str]) -> None:
     from fundus_lit.core.progress import set_quiet
     from fundus_lit.eval.casesearch import build_index
-    from fundus_lit.eval.config import check_evaluation_config
+    from fundus_lit.eval.config import check_evaluation_config, require_data
 
+    require_data(args, "index")
     parser = build_parser()
     cfg = parser.parse_args(args)
     set_quiet(cfg.quiet)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
-from fundus_lit.core.errors import DataError
+from fundus_lit.core.errors import ConfigError, DataError
 from fundus_lit.data.datamodule import FundusDataModule
 from fundus_lit.eval.fewshot import FewShotConfig
 from fundus_lit.eval.probe import ProbeConfig
@@ -108,3 +108,21 @@ def check_evaluation_config(cfg: Namespace) -> None:
     misspelled task name in a shared file must fail under ``index`` as it would under
     ``evaluate``."""
     parse_tasks(cfg.tasks)
+
+
+def require_data(args: list[str], command: str) -> None:
+    """Stop with one line when neither an evaluation config nor ``--data`` is given: the
+    parser's own answer, a page of usage ending in "required: data", does not say that the test
+    images come from an evaluation config, nor where the shipped ones are."""
+    given = ("--config", "-c", "--data", "-h", "--help", "--print_config")
+    if any(a in given or a.startswith(("--config=", "--data.", "--data=")) for a in args):
+        return
+    from fundus_lit.core.compose import recipes_dir
+
+    shipped = sorted(p.name for p in (recipes_dir() / "eval").glob("*.yaml"))
+    listed = f" (recipes/eval/: {', '.join(shipped)})" if shipped else ""
+    raise ConfigError(
+        f"{command}: no test data: add an evaluation config, e.g. "
+        f"--config recipes/eval/synthetic.yaml{listed}; its data: section names the images "
+        "and its classes: the zero-shot prompts"
+    )
