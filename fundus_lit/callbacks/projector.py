@@ -45,11 +45,10 @@ class EmbeddingProjector(L.Callback):
         splits = getattr(trainer.datamodule, "splits", None) or {}
         items = splits.get("val")
         # (source, record) pairs of images; a text-only data module (text pretraining) has
-        # other items and no image embeddings to project
-        if not items or not all(
-            isinstance(item, tuple) and len(item) == 2 and hasattr(item[1], "categories")
-            for item in items
-        ):
+        # other items and no image embeddings to project. A split holds one kind of item, so
+        # the first tells (a loop over a million-image split would run every epoch)
+        first = items[0] if items else None
+        if not (isinstance(first, tuple) and len(first) == 2 and hasattr(first[1], "categories")):
             return None
         return [record for _, record in items]
 
