@@ -109,7 +109,8 @@ def _minutes(seconds: float) -> str:
 
 def execute(study: Study, scale: Scale, runs: list[Run], say=print) -> None:
     """Run what is not done yet, printing cells done / total and the estimated time left (from
-    the runs finished in this invocation)."""
+    the runs this invocation did whole: a resumed fit or a missing evaluation alone is shorter
+    than a run and would make the estimate too small)."""
     total = len(runs)
     spent: list[float] = []
     for run in runs:
@@ -119,7 +120,7 @@ def execute(study: Study, scale: Scale, runs: list[Run], say=print) -> None:
         left = total - done_before
         eta = f", about {_minutes(sum(spent) / len(spent) * left)} left" if spent else ""
         say(f"[{done_before}/{total} runs done{eta}] {run.label}", flush=True)
-        start = time.monotonic()
+        start, whole = time.monotonic(), run.run_dir() is None
         ckpt = run.run_dir() and run.run_dir() / "checkpoints" / "last.ckpt"
         if run.marker("fit").exists() and not (ckpt and ckpt.exists()):
             run.marker("fit").unlink()  # restored from a mirror without its checkpoint: refit
@@ -137,8 +138,10 @@ def execute(study: Study, scale: Scale, runs: list[Run], say=print) -> None:
             say(f"  evaluate {step[5:]} ...", flush=True)
             _execute(cmd, run, f"evaluate {step[5:]}")
             run.marker(step).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-        spent.append(time.monotonic() - start)
-        say(f"  done in {_minutes(spent[-1])}", flush=True)
+        took = time.monotonic() - start
+        if whole:
+            spent.append(took)
+        say(f"  done in {_minutes(took)}", flush=True)
     say(f"[{sum(r.done(study) for r in runs)}/{total} runs done]", flush=True)
 
 
